@@ -1,0 +1,114 @@
+"""Throughput of ``hardneg generate`` against a bare spaCy parse, side by side in one run.
+
+Measures, on the same captions, with the same model and components:
+  bare      nlp.pipe over the captions, nothing else (the ceiling generation is held to)
+  one-by-one  nlp(caption) per caption, as NegCLIP's perturbation code parses (for reference)
+  gen x1    the full ``generate()`` (read, parse, rules, filters, Parquet, manifest), 1 worker
+  gen x2    the same with 2 worker processes
+Rounds alternate the variants so drift on a shared machine hits all of them alike; the table shows
+the median of the rounds and the ratios the targets are stated in:
+  gen x1 / bare >= 0.9, gen x2 / gen x1 >= 1.8.
+
+  python bench/bench_generate.py [--captions ../shared/data/coco_karpathy_test.json] [--limit N] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.config import GenerateConfig, ParseConfig, SourceConfig  # noqa: E402
+from pipeline.generate import generate  # noqa: E402
+from pipeline.nlp import load_nlp  # noqa: E402
+
+
+def captions_of(path: Path, limit: int | None) -> list[str]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    caps = [c for item in data for c in (item["caption"] if isinstance(item["caption"], list) else [item["caption"]])]
+    return caps[:limit] if limit else caps
+
+
+def time_bare(caps: list[str], parse: ParseConfig) -> float:
+    nlp = load_nlp(parse)
+    t = time.perf_counter()
+    for _ in nlp.pipe(caps, batch_size=parse.batch_size):
+        pass
+    return time.perf_counter() - t
+
+
+def time_one_by_one(caps: list[str], parse: ParseConfig) -> float:
+    nlp = load_nlp(parse)
+    t = time.perf_counter()
+    for c in caps:
+        nlp(c)
+    return time.perf_counter() - t
+
+
+def time_generate(src: Path, limit: int | None, workers: int, tmp: Path) -> tuple[float, int]:
+    out = tmp / f"out-{workers}"
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = GenerateConfig(
+        name=f"bench-{workers}",
+        source=SourceConfig(path=str(src), limit=limit),
+        out=str(out),
+        manifest_dir=str(tmp / "manifests"),
+        workers=workers,
+    )
+    t = time.perf_counter()
+    m = generate(cfg)
+    return time.perf_counter() - t, m["rows"]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--captions", default=str(ROOT.parent / "shared/data/coco_karpathy_test.json"))
+    ap.add_argument("--limit", type=int, default=None, help="use the first N captions (default: all)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--one-by-one", type=int, default=2000, help="captions for the one-at-a-time reference")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    src = Path(args.captions)
+    if not src.exists():
+        print(f"captions file {src} not found (pass --captions)", file=sys.stderr)
+        return 2
+    caps = captions_of(src, args.limit)
+    n = len(caps)
+    parse = ParseConfig()
+    rows = {"bare": [], "gen_x1": [], "gen_x2": []}
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        for r in range(args.rounds):
+            rows["bare"].append(n / time_bare(caps, parse))
+            dt, written = time_generate(src, args.limit, 1, tmp)
+            rows["gen_x1"].append(written / dt)
+            dt, written = time_generate(src, args.limit, 2, tmp)
+            rows["gen_x2"].append(written / dt)
+            print(f"round {r + 1}: " + "  ".join(f"{k}={v[-1]:.0f}/s" for k, v in rows.items()), flush=True)
+        obo = caps[: args.one_by_one]
+        one = len(obo) / time_one_by_one(obo, parse)
+    med = {k: statistics.median(v) for k, v in rows.items()}
+    print(f"\n{n} captions, {args.rounds} rounds (median), spaCy pipeline components as configured")
+    print(f"{'variant':<22}{'captions/s':>12}")
+    print(f"{'bare nlp.pipe':<22}{med['bare']:>12.0f}")
+    print(f"{'one-by-one nlp()':<22}{one:>12.0f}")
+    print(f"{'generate, 1 worker':<22}{med['gen_x1']:>12.0f}")
+    print(f"{'generate, 2 workers':<22}{med['gen_x2']:>12.0f}")
+    r1 = med["gen_x1"] / med["bare"]
+    r2 = med["gen_x2"] / med["gen_x1"]
+    print(f"\ngenerate x1 / bare parse : {r1:.2f}  (target >= 0.90) {'OK' if r1 >= 0.9 else 'MISSED'}")
+    print(f"generate x2 / generate x1: {r2:.2f}  (target >= 1.80) {'OK' if r2 >= 1.8 else 'MISSED'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Generation rules, one module per kind of edit, registered by family name.
+
+A family is a pure function ``(ParsedCaption, Resources) -> list[Edit]``: it never does I/O and never
+sees multiprocessing, so it can be tested on one sentence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..records import Edit
+from ..syntax import Link, NounPhrase, Tok, links, noun_phrases, tokens_of
+
+
+@dataclass(frozen=True)
+class ParsedCaption:
+    """A parse with the views every rule uses, computed once per caption."""
+
+    text: str
+    toks: tuple[Tok, ...]
+    children: tuple[tuple[int, ...], ...]
+    phrases: tuple[NounPhrase, ...]
+    links: tuple[Link, ...]
+
+    @classmethod
+    def from_doc(cls, doc: Any, text: str | None = None) -> "ParsedCaption":
+        """``text`` is the caption the doc was parsed from (saves rebuilding it from tokens)."""
+        toks, children = tokens_of(doc)
+        phrases = noun_phrases(toks, children)
+        return cls(doc.text if text is None else text, toks, children, tuple(phrases),
+                   tuple(links(toks, children, phrases)))
+
+
+@dataclass
+class Resources:
+    """Read-only data some families need (lexicons, corpus word counts); built once per worker."""
+
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+FamilyFn = Callable[[ParsedCaption, Resources], list[Edit]]
+REGISTRY: dict[str, FamilyFn] = {}
+
+
+def register(name: str) -> Callable[[FamilyFn], FamilyFn]:
+    def deco(fn: FamilyFn) -> FamilyFn:
+        REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def get_family(name: str) -> FamilyFn:
+    if name not in REGISTRY:
+        _load_builtin()
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"family {name!r} is not implemented; available: {sorted(REGISTRY)}") from None
+
+
+def available_families() -> list[str]:
+    _load_builtin()
+    return sorted(REGISTRY)
+
+
+def _load_builtin() -> None:
+    from . import swap  # noqa: F401  (registers the swap families)
+
+    import importlib.util
+
+    if importlib.util.find_spec(f"{__name__}.replace") is not None:
+        from . import replace  # noqa: F401  (registers the replace families)

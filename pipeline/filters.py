@@ -1,0 +1,90 @@
+"""Decide which realised candidates become negatives, and count why the others did not.
+
+Pure: a caption's candidates and the other captions of its image in, kept candidates and reject
+counts out. The choice among more than ``k`` survivors is seeded per caption and family, so it does
+not depend on worker count, shard boundaries or the order captions are processed in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Callable, Iterable
+
+from .records import Candidate, Edit, RejectCounts
+
+REJECT_REASONS = ("symmetric", "same_word", "identity", "same_image", "duplicate", "over_k", "rule_error")
+
+_PUNCT = re.compile(r"[^\w\s']+")
+
+
+def normalize(text: str) -> str:
+    """Comparison key: case, punctuation, spacing and a/an differences do not make a new caption."""
+    words = _PUNCT.sub(" ", text.lower()).split()
+    return " ".join("a" if w == "an" else w for w in words)
+
+
+def _seeded_key(seed: int, caption_id: str, family: str, edit: Edit) -> bytes:
+    spans = ";".join(f"{r.start}:{r.end}:{r.text}" for r in edit.replacements)
+    return hashlib.blake2b(f"{seed}|{caption_id}|{family}|{edit.rule}|{spans}".encode(), digest_size=8).digest()
+
+
+def select(
+    caption_id: str,
+    caption: str,
+    edits: Iterable[Edit],
+    realizer: Callable[[Edit], Candidate | None],
+    group_captions: Iterable[str],
+    k: int,
+    seed: int,
+    rejects: RejectCounts,
+) -> dict[str, list[Candidate]]:
+    """Filter and choose at most ``k`` candidates per family.
+
+    Edits are examined in a seeded order (lower ``priority`` first) and realised only when
+    examined, until ``k`` survive; the rest are counted as ``over_k``. The checks, first match
+    counted: a symmetric exchange, both items the same word, identity with the positive, identity
+    with another caption of the same image, a duplicate of an earlier kept candidate. Kept
+    candidates are returned in the order the rule generated them.
+    """
+    positive = normalize(caption)
+    same_image = {normalize(c) for c in group_captions} - {positive}
+    by_family: dict[str, list[Edit]] = {}
+    for e in edits:
+        by_family.setdefault(e.family, []).append(e)
+    kept: dict[str, list[Candidate]] = {}
+    for fam, fam_edits in by_family.items():
+        order = sorted(
+            range(len(fam_edits)),
+            key=lambda i: (fam_edits[i].priority, _seeded_key(seed, caption_id, fam, fam_edits[i])),
+        )
+        chosen: list[tuple[int, Candidate]] = []
+        seen: set[str] = set()
+        for n, i in enumerate(order):
+            if len(chosen) == k:
+                rejects.add(fam, "over_k", len(order) - n)
+                break
+            e = fam_edits[i]
+            if e.symmetric_link:
+                reason = "symmetric"
+            elif e.items[0] and e.items[0] == e.items[1]:
+                reason = "same_word"
+            else:
+                cand = realizer(e)
+                key = normalize(cand.text) if cand is not None else ""
+                if cand is None:
+                    reason = "rule_error"
+                elif key == positive:
+                    reason = "identity"
+                elif key in same_image:
+                    reason = "same_image"
+                elif key in seen:
+                    reason = "duplicate"
+                else:
+                    seen.add(key)
+                    chosen.append((i, cand))
+                    continue
+            rejects.add(fam, reason)
+        chosen.sort(key=lambda x: x[0])
+        kept[fam] = [c for _, c in chosen]
+    return kept

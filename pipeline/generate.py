@@ -1,0 +1,391 @@
+"""``hardneg generate``: read captions, parse, run the families, write shards and the manifest.
+
+Work is cut into shards of whole image groups (so the same-image filter sees every caption of an
+image). Each shard is an independent task: a worker process parses it with its own spaCy model,
+writes it atomically and leaves a small stats file beside it. A rerun with the same config skips
+finished shards; a run with a different config works in its own folder and replaces the old output
+whole when it completes, so two configs never mix.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from tqdm import tqdm
+
+from . import __version__
+from .config import GenerateConfig, config_hash
+from .families import ParsedCaption, Resources, available_families, get_family
+from .filters import select
+from .manifest import build_manifest, manifest_path
+from .nlp import load_nlp, model_info, model_version, parse, resolve_model
+from .realize import realize
+from .records import Candidate, CaptionRecord, Edit, RejectCounts, Skip
+from .schema import SCHEMA_VERSION, arrow_schema, rows_to_table, to_row
+from .shards import list_shards, shard_meta, write_json_atomic, write_table_atomic
+from .sources import fingerprint, iter_source, source_name
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "_hardneg_state.json"
+
+
+@dataclass
+class ShardTask:
+    index: int
+    split: str
+    records: list[CaptionRecord]
+    path: str
+    meta: dict[str, Any]
+
+
+@dataclass
+class ShardStats:
+    rows: int = 0
+    candidates: dict[str, int] = field(default_factory=dict)  # kept negatives per family
+    covered: dict[str, int] = field(default_factory=dict)  # captions with >= 1 negative per family
+    generated: dict[str, int] = field(default_factory=dict)  # realised before filtering
+    rejects: dict[str, dict[str, int]] = field(default_factory=dict)
+    parse_seconds: float = 0.0
+    spacy: dict[str, Any] = field(default_factory=dict)  # the model that parsed this shard
+
+
+# --------------------------------------------------------------------------- pure per-caption work
+
+
+def negatives_for(
+    parsed: ParsedCaption,
+    record: CaptionRecord,
+    group_captions: Iterable[str],
+    families: list[str],
+    k: int,
+    seed: int,
+    resources: Resources,
+    rejects: RejectCounts,
+) -> tuple[dict[str, list[Candidate]], dict[str, int]]:
+    """Every family's kept candidates for one parsed caption, and how many edits each proposed."""
+    edits: list[Edit] = []
+    generated: dict[str, int] = {}
+    for fam in families:
+        try:
+            fam_edits = get_family(fam)(parsed, resources)
+        except Exception:  # a rule bug on one odd parse must not kill a long run: count it
+            log.debug("rule error in %s on %r", fam, record.caption, exc_info=True)
+            rejects.add(fam, "rule_error")
+            continue
+        generated[fam] = len(fam_edits)
+        edits.extend(fam_edits)
+
+    def realizer(edit: Edit) -> Candidate | None:
+        try:
+            return realize(parsed.text, parsed.toks, edit)
+        except Exception:
+            log.debug("realisation error in %s on %r", edit.rule, record.caption, exc_info=True)
+            return None
+
+    kept = select(record.id, record.caption, edits, realizer, group_captions, k, seed, rejects)
+    return kept, generated
+
+
+# --------------------------------------------------------------------------- worker side
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(cfg: GenerateConfig, resources: Resources) -> None:
+    # Parsing allocates many short-lived objects; with the default thresholds the cyclic GC
+    # rescans the long-lived model over and over. Freeze what exists and collect less often.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+    _WORKER["nlp"] = load_nlp(cfg.parse)
+    _WORKER["model_info"] = model_info(_WORKER["nlp"])
+    _WORKER["cfg"] = cfg
+    _WORKER["resources"] = resources
+
+
+def _run_shard(task: ShardTask) -> tuple[int, ShardStats, dict[str, Any]]:
+    nlp, cfg, resources = _WORKER["nlp"], _WORKER["cfg"], _WORKER["resources"]
+    groups: dict[str, list[str]] = {}
+    for r in task.records:
+        groups.setdefault(r.group, []).append(r.caption)
+    stats = ShardStats(rows=len(task.records), spacy=_WORKER["model_info"])
+    rejects = RejectCounts()
+    rows = []
+    t0 = time.perf_counter()
+    docs = parse(nlp, (r.caption for r in task.records), cfg.parse.batch_size)
+    for record, doc in zip(task.records, docs):
+        parsed = ParsedCaption.from_doc(doc, record.caption)
+        kept, generated = negatives_for(
+            parsed, record, groups[record.group], cfg.families, cfg.k, cfg.seed, resources, rejects
+        )
+        for fam, n in generated.items():
+            stats.generated[fam] = stats.generated.get(fam, 0) + n
+        for fam, cands in kept.items():
+            stats.candidates[fam] = stats.candidates.get(fam, 0) + len(cands)
+            if cands:
+                stats.covered[fam] = stats.covered.get(fam, 0) + 1
+        rows.append(to_row(record, kept))
+    stats.parse_seconds = time.perf_counter() - t0
+    stats.rejects = rejects.counts
+    table = rows_to_table(rows, arrow_schema(task.meta))
+    info = write_table_atomic(table, task.path, cfg.row_group_size)
+    write_json_atomic({"shard": info, "stats": stats.__dict__}, _stats_path(task.path))
+    return task.index, stats, info
+
+
+def _stats_path(shard_path: str | Path) -> Path:
+    p = Path(shard_path)
+    return p.with_name(f"_{p.stem}.stats.json")
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def read_records(cfg: GenerateConfig) -> tuple[list[CaptionRecord], Counter, list[str]]:
+    """All records of the source, the skipped rows counted by reason, and example skip locations."""
+    records: list[CaptionRecord] = []
+    skipped: Counter = Counter()
+    examples: list[str] = []
+    for item in tqdm(iter_source(cfg.source), desc="read", unit=" captions", mininterval=2, leave=False):
+        if isinstance(item, Skip):
+            reason, where = item.reason, item.where
+        elif len(item.caption) > cfg.max_chars:
+            reason, where = "too_long", item.id
+        else:
+            records.append(item)
+            continue
+        skipped[reason] += 1
+        if len(examples) < 20:
+            examples.append(f"{reason}: {where}")
+        log.debug("skipped %s: %s", reason, where)
+    return records, skipped, examples
+
+
+def plan_shards(records: list[CaptionRecord], shard_size: int) -> list[tuple[str, list[CaptionRecord]]]:
+    """Cut records into shards per split, never splitting one image's captions across shards."""
+    by_split: dict[str, dict[str, list[CaptionRecord]]] = {}
+    for r in records:
+        by_split.setdefault(r.split, {}).setdefault(r.group, []).append(r)
+    plan: list[tuple[str, list[CaptionRecord]]] = []
+    for split in sorted(by_split):
+        current: list[CaptionRecord] = []
+        for group in by_split[split].values():  # first-appearance order of groups
+            if current and len(current) + len(group) > shard_size:
+                plan.append((split, current))
+                current = []
+            current.extend(group)
+        if current:
+            plan.append((split, current))
+    return plan
+
+
+def run_identity(cfg: GenerateConfig, input_fp: str, model: str) -> dict[str, Any]:
+    """Everything that decides the shard contents; its hash names the run."""
+    return {
+        "config": cfg.data_dict(),
+        "schema_version": SCHEMA_VERSION,
+        "hardneg_version": __version__,
+        "input_fingerprint": input_fp,
+        "spacy_model": model,
+        "spacy_model_version": model_version(model),
+    }
+
+
+def generate(cfg: GenerateConfig) -> dict[str, Any]:
+    """Run stage 1 and return the manifest (also written to ``manifests/<name>.json``)."""
+    cfg.validate()
+    missing = [f for f in cfg.families if f not in available_families()]
+    if missing:
+        from .errors import ConfigError
+
+        raise ConfigError(f"families {missing} are not implemented yet; available: {available_families()}")
+    t_start = time.perf_counter()
+    model = resolve_model(cfg.parse)
+    input_fp = fingerprint(cfg.source)
+    identity = run_identity(cfg, input_fp, model)
+    run_hash = config_hash(identity)
+    out = Path(cfg.out)
+    mpath = manifest_path(cfg)
+
+    state = _read_state(out)
+    if state.get("config_hash") == run_hash and mpath.exists() and _outputs_intact(out, state):
+        log.info("%s is up to date (config %s); nothing to do", out, run_hash[:12])
+        import json
+
+        return json.loads(mpath.read_text(encoding="utf-8"))
+
+    t0 = time.perf_counter()
+    records, skipped, skip_examples = read_records(cfg)
+    read_seconds = time.perf_counter() - t0
+    log.info("read %d captions (%d skipped: %s)", len(records), sum(skipped.values()), dict(skipped))
+
+    work = out / f".partial-{run_hash[:12]}"
+    plan = plan_shards(records, cfg.shard_size)
+    resources = build_resources(cfg, records)
+    meta = {"config_hash": run_hash, "families": list(cfg.families), "hardneg_version": __version__}
+    tasks = []
+    done: dict[int, tuple[ShardStats, dict[str, Any]]] = {}
+    counts_per_split: Counter = Counter(split for split, _ in plan)
+    index_in_split: Counter = Counter()
+    for i, (split, recs) in enumerate(plan):
+        j = index_in_split[split]
+        index_in_split[split] += 1
+        path = work / split / f"part-{j:05d}-of-{counts_per_split[split]:05d}.parquet"
+        finished = _finished_shard(path, run_hash)
+        if finished is not None:
+            done[i] = finished
+            continue
+        tasks.append(ShardTask(i, split, recs, str(path), meta))
+    if done:
+        log.info("resuming: %d of %d shards already written", len(done), len(plan))
+
+    t1 = time.perf_counter()
+    _run_tasks(cfg, resources, tasks, done)
+    generate_seconds = time.perf_counter() - t1
+
+    shards = _publish(out, work, plan, done, run_hash)
+    manifest = build_manifest(
+        cfg=cfg,
+        identity=identity,
+        run_hash=run_hash,
+        model_name=model,
+        shards=shards,
+        stats=[done[i][0] for i in range(len(plan))],
+        skipped=dict(skipped),
+        skip_examples=skip_examples,
+        source=source_name(cfg.source),
+        timings={
+            "read_seconds": round(read_seconds, 3),
+            "generate_seconds": round(generate_seconds, 3),
+            "total_seconds": round(time.perf_counter() - t_start, 3),
+            "shards_resumed": len(plan) - len(tasks),
+        },
+        spacy=next((st.spacy for st, _ in done.values() if st.spacy), {"name": model, "version": model_version(model)}),
+    )
+    write_json_atomic(manifest, out / "manifest.json")
+    write_json_atomic(manifest, mpath)  # written last: its presence means the run completed
+    return manifest
+
+
+def build_resources(cfg: GenerateConfig, records: list[CaptionRecord]) -> Resources:
+    """Shared read-only data for families that need it (the replace families' lexicons)."""
+    needs = [f for f in cfg.families if f.endswith("_replace")]
+    if not needs:
+        return Resources()
+    from .families.replace import build_resources as build_replace
+
+    return build_replace(cfg, [r.caption for r in records])
+
+
+def _run_tasks(
+    cfg: GenerateConfig,
+    resources: Resources,
+    tasks: list[ShardTask],
+    done: dict[int, tuple[ShardStats, dict[str, Any]]],
+) -> None:
+    if not tasks:
+        return
+    total = sum(len(t.records) for t in tasks)
+    bar = tqdm(total=total, desc="generate", unit=" captions", smoothing=0.1)
+    try:
+        if cfg.workers == 1:
+            _init_worker(cfg, resources)
+            for task in tasks:
+                i, stats, info = _run_shard(task)
+                done[i] = (stats, info)
+                bar.update(stats.rows)
+        else:
+            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+            with ctx.Pool(cfg.workers, initializer=_init_worker, initargs=(cfg, resources)) as pool:
+                for i, stats, info in pool.imap_unordered(_run_shard, tasks):
+                    done[i] = (stats, info)
+                    bar.update(stats.rows)
+    finally:
+        bar.close()
+
+
+def _finished_shard(path: Path, run_hash: str) -> tuple[ShardStats, dict[str, Any]] | None:
+    """Stats of a shard that a previous run of the same config completed, or None."""
+    import json
+
+    sp = _stats_path(path)
+    if not (path.exists() and sp.exists()):
+        return None
+    try:
+        if shard_meta(path).get("config_hash") != run_hash:
+            return None
+        data = json.loads(sp.read_text(encoding="utf-8"))
+        from .shards import sha256_file
+
+        if data["shard"]["sha256"] != sha256_file(path):
+            return None
+        return ShardStats(**data["stats"]), data["shard"]
+    except Exception:  # unreadable leftovers are simply redone
+        log.warning("redoing unreadable shard %s", path)
+        return None
+
+
+def _publish(
+    out: Path,
+    work: Path,
+    plan: list[tuple[str, list[CaptionRecord]]],
+    done: dict[int, tuple[ShardStats, dict[str, Any]]],
+    run_hash: str,
+) -> list[dict[str, Any]]:
+    """Move the finished shards from the work folder into ``out``, replacing an older output."""
+    out.mkdir(parents=True, exist_ok=True)
+    splits = sorted({split for split, _ in plan})
+    # remove an older run's splits (and any split no longer produced) before moving the new ones in
+    for old in list_shards(out):
+        shutil.rmtree(out / old)
+    for split in splits:
+        dest = out / split
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in (work / split).glob("*.parquet"):
+            os.replace(f, dest / f.name)
+    shutil.rmtree(work, ignore_errors=True)
+    for stale in out.glob(".partial-*"):  # unfinished runs of other configs
+        shutil.rmtree(stale, ignore_errors=True)
+    index_in_split: Counter = Counter()
+    shards = []
+    for i, (split, _) in enumerate(plan):
+        info = done[i][1]
+        j = index_in_split[split]
+        index_in_split[split] += 1
+        n = sum(1 for s, _ in plan if s == split)
+        shards.append(
+            {
+                "path": f"{split}/part-{j:05d}-of-{n:05d}.parquet",
+                "split": split,
+                **info,
+            }
+        )
+    write_json_atomic({"config_hash": run_hash, "shards": shards}, out / STATE_FILE)
+    return shards
+
+
+def _read_state(out: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        return json.loads((out / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _outputs_intact(out: Path, state: dict[str, Any]) -> bool:
+    for s in state.get("shards", []):
+        p = out / s["path"]
+        if not p.exists() or p.stat().st_size != s["bytes"]:
+            return False
+    return bool(state.get("shards"))

@@ -1,0 +1,82 @@
+"""Atomic Parquet shard and JSON writing, checksums, and the listing of a dataset's shards.
+
+A shard is written to a temporary name in its final folder and renamed into place, so a killed run
+never leaves half a shard under a name that a reader (or a resuming run) would trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _tmp_path(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def write_table_atomic(table: pa.Table, path: str | Path, row_group_size: int) -> dict[str, Any]:
+    """Write ``table`` as zstd Parquet at ``path`` atomically; returns rows, bytes and sha256."""
+    path = Path(path)
+    tmp = _tmp_path(path)
+    try:
+        pq.write_table(
+            table,
+            tmp,
+            compression="zstd",
+            row_group_size=row_group_size,
+            write_statistics=True,
+        )
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"rows": table.num_rows, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def write_json_atomic(obj: Any, path: str | Path) -> None:
+    path = Path(path)
+    tmp = _tmp_path(path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def list_shards(dataset_dir: str | Path) -> dict[str, list[Path]]:
+    """``{split: [shard paths]}`` of a dataset folder (``<dir>/<split>/*.parquet``), sorted."""
+    root = Path(dataset_dir)
+    out: dict[str, list[Path]] = {}
+    if not root.is_dir():
+        return out
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+        files = sorted(sub.glob("*.parquet"))
+        if files:
+            out[sub.name] = files
+    return out
+
+
+def shard_meta(path: str | Path) -> dict[str, Any]:
+    """The hardneg metadata of a shard without reading its rows."""
+    from .schema import read_meta
+
+    return read_meta(pq.read_schema(path))

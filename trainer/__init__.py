@@ -1,0 +1,1 @@
+"""hardneg stage 2: CE-CLIP training and evaluation on negative shards."""
