@@ -16,8 +16,9 @@ _IRREGULAR_PLURALS = {
     "series": "series", "species": "species", "aircraft": "aircraft", "glasses": "glasses",
     "scissors": "scissors", "pants": "pants", "jeans": "jeans", "shorts": "shorts",
     "cactus": "cacti", "tomato": "tomatoes", "potato": "potatoes", "hero": "heroes",
-    "zebra": "zebras", "giraffe": "giraffes", "skis": "skis", "ski": "skis",
+    "zebra": "zebras", "giraffe": "giraffes", "ski": "skis", "bus": "buses", "lens": "lenses",
 }
+_IRREGULAR_ENDINGS = ("woman", "man", "child", "person", "knife")
 _IRREGULAR_SINGULARS = {v: k for k, v in _IRREGULAR_PLURALS.items() if v != k}
 
 #: words whose spelling starts with a vowel letter but a consonant sound, and vice versa
@@ -56,9 +57,10 @@ def pluralize(noun: str) -> str:
     low = noun.lower()
     if low in _IRREGULAR_PLURALS:
         return match_case(noun, _IRREGULAR_PLURALS[low])
-    for sg, pl in _IRREGULAR_PLURALS.items():  # compounds ending in an irregular: "snowman"
-        if len(sg) > 2 and low.endswith(sg) and sg in ("man", "woman", "child", "person", "knife"):
-            return noun[: len(noun) - len(sg)] + pl
+    if low.endswith(_IRREGULAR_ENDINGS):  # compounds ending in an irregular: "snowman"
+        for sg in _IRREGULAR_ENDINGS:
+            if low.endswith(sg):
+                return noun[: len(noun) - len(sg)] + _IRREGULAR_PLURALS[sg]
     if low.endswith(("s", "x", "z", "ch", "sh")):
         return noun + "es"
     if low.endswith("y") and len(low) > 1 and low[-2] not in "aeiou":

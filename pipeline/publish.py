@@ -725,7 +725,7 @@ def _report_lines(report: dict[str, Any] | None) -> list[str]:
         rows = {k: v for k, v in blind.items() if isinstance(v, dict)}
         scalars = {k: v for k, v in blind.items() if not isinstance(v, (dict, list))}
         if rows:
-            cols = sorted({c for v in rows.values() for c, x in v.items() if not isinstance(x, (dict, list))})
+            cols = list(dict.fromkeys(c for v in rows.values() for c, x in v.items() if not isinstance(x, (dict, list))))
             lines.append("| family | " + " | ".join(cols) + " |")
             lines.append("|---|" + "---:|" * len(cols))
             for fam, v in rows.items():

