@@ -502,3 +502,21 @@ def test_generated_dataset_publishes_and_round_trips(tmp_path: Path):
     assert meta["dataset_info"]["splits"] == [
         {"name": "val", "num_bytes": meta["dataset_info"]["splits"][0]["num_bytes"], "num_examples": manifest["rows"]}
     ]
+
+
+# --------------------------------------------------------------------------- train from a published dataset
+
+
+@pytest.mark.parametrize("as_url", [False, True])
+def test_trainer_streams_the_published_layout(dataset: Path, tmp_path: Path, as_url: bool):
+    """`hardneg train --data` accepts a published repo (here the dry-run folder, also as a URL)."""
+    from trainer.data import ShardIndex
+
+    out = tmp_path / "repo"
+    publish(dataset, "someone/coco-tiny-negatives", dry_run_dir=out)
+    root = out.resolve().as_uri() if as_url else str(out)
+    for split in ("train", "test"):
+        index = ShardIndex.from_paths([root], split=split)
+        assert [Path(f.path).name.split("-")[0] for f in index.files] == [split] * len(index.files)
+        rows = list(index.iter_rows(["id", "caption"]))
+        assert [r["caption"] for r in rows] == [r["caption"] for r in source_rows(dataset, split)]

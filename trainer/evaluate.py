@@ -1,0 +1,391 @@
+"""``evaluate(config) -> metrics``: compositionality and retrieval benchmarks for an open_clip model.
+
+Each benchmark runs when its input is configured; results go to one metrics JSON.
+
+Input formats
+-------------
+Held-out shards (``shards``)
+    Negative shards of stage 1. For every row, family and candidate: is the image's similarity to
+    its caption strictly higher than to the candidate? Reported per family (``accuracy``,
+    ``pairs``) and as ``macro`` (mean over families that have pairs).
+SugarCrepe (``sugarcrepe``: one JSON per category, e.g. ``swap_att.json``)
+    ``{"0": {"filename": "000000391895.jpg", "caption": "...", "negative_caption": "..."}, ...}``
+    or a list of such objects; ``filename`` resolves against ``sugarcrepe_image_root`` (COCO
+    val2017). Accuracy per category (the file stem).
+ARO (``aro_relation`` = ``visual_genome_relation.json``, ``aro_attribution`` = ``visual_genome_attribution.json``)
+    A list of ``{"image_path", "bbox_x", "bbox_y", "bbox_w", "bbox_h", "true_caption",
+    "false_caption", ...}`` with ``relation_name`` (relation) or ``attributes`` (a pair, attribution);
+    the image is cropped to the box first, as ARO does. Reported: ``accuracy`` (micro) and
+    ``macro_accuracy`` (mean over relations / attribute pairs), with per-group numbers.
+COCO retrieval (``coco_karpathy``)
+    The BLIP-style Karpathy test list ``[{"image": "val2014/x.jpg", "caption": [5 strings]}, ...]``
+    or Karpathy's ``dataset_coco.json`` (``images[*]`` with ``filepath``, ``filename``, ``split``,
+    ``sentences[*].raw``; its ``test`` split is used). Image->text and text->image R@1/5/10.
+
+Missing or unreadable images are counted under ``skipped_images`` and their items left out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.utils.data as tud
+
+from pipeline import schema
+from pipeline.config import ALL_FAMILIES, to_dict
+from pipeline.errors import SourceError
+
+from .config import EvalConfig, eval_config
+from .data import ImageSkip, ImageSpec, ShardIndex, decode_image, images_to_tensor, normalize_images, open_image
+from .distributed import DistInfo
+from .loop import amp_dtype, resolve_device
+from .models import build_model
+
+log = logging.getLogger(__name__)
+
+RECALL_KS = (1, 5, 10)
+
+
+# --------------------------------------------------------------------------------------------
+# pure metric functions
+
+
+def pairwise_correct(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
+    """Bool per pair: the positive scores strictly above the negative (a tie counts as wrong)."""
+    return pos_scores > neg_scores
+
+
+def grouped_accuracy(correct: Sequence[bool], groups: Sequence[str]) -> dict[str, Any]:
+    """Micro accuracy, macro accuracy over groups, and each group's accuracy and count."""
+    per: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for c, g in zip(correct, groups):
+        per[g][0] += int(bool(c))
+        per[g][1] += 1
+    n = sum(v[1] for v in per.values())
+    groups_out = {g: {"accuracy": v[0] / v[1], "pairs": v[1]} for g, v in sorted(per.items())}
+    return {
+        "accuracy": (sum(v[0] for v in per.values()) / n) if n else None,
+        "macro_accuracy": (sum(x["accuracy"] for x in groups_out.values()) / len(groups_out)) if groups_out else None,
+        "pairs": n,
+        "groups": groups_out,
+    }
+
+
+def retrieval_recall(sim: torch.Tensor, text_to_image: Sequence[int], ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
+    """R@K both ways from an (images x texts) similarity matrix.
+
+    Image->text: an image is a hit when any of its captions is among its top K texts.
+    Text->image: a caption is a hit when its image is among its top K images.
+    """
+    t2i = torch.as_tensor(list(text_to_image), dtype=torch.long)
+    n_img, n_txt = sim.shape
+    if n_txt != len(t2i):
+        raise ValueError(f"{n_txt} texts but {len(t2i)} text->image entries")
+    out: dict[str, float] = {}
+    # rank of each text's own image among all images
+    own = sim[t2i, torch.arange(n_txt)]
+    t_rank = (sim.T > own[:, None]).sum(dim=1)
+    # best rank over each image's captions
+    order = sim.argsort(dim=1, descending=True)
+    rank_of = torch.empty_like(order)
+    rank_of.scatter_(1, order, torch.arange(n_txt).expand(n_img, n_txt))
+    best = torch.full((n_img,), n_txt, dtype=torch.long)
+    best = best.scatter_reduce(0, t2i, rank_of[t2i, torch.arange(n_txt)], reduce="amin")
+    for k in ks:
+        out[f"image_to_text_R@{k}"] = float((best < k).float().mean()) if n_img else 0.0
+        out[f"text_to_image_R@{k}"] = float((t_rank < k).float().mean()) if n_txt else 0.0
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# benchmark readers
+
+
+@dataclass(frozen=True)
+class PairItem:
+    """One image with a positive and a negative caption; ``group`` names the family/category."""
+
+    image: dict[str, Any]
+    positive: str
+    negative: str
+    group: str
+    crop: tuple[float, float, float, float] | None = None
+
+
+def _read_json(path: str | Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise SourceError(f"cannot read {path}: {e}") from e
+
+
+def load_sugarcrepe(path: str | Path, limit: int | None = None) -> list[PairItem]:
+    data = _read_json(path)
+    entries = list(data.values()) if isinstance(data, dict) else list(data)
+    items = []
+    for i, e in enumerate(entries[:limit] if limit else entries):
+        try:
+            items.append(PairItem({"path": e["filename"]}, e["caption"], e["negative_caption"], Path(path).stem))
+        except (KeyError, TypeError) as err:
+            raise SourceError(f"{path} entry {i}: expected filename, caption, negative_caption ({err})") from err
+    return items
+
+
+def load_aro(path: str | Path, kind: str, limit: int | None = None) -> list[PairItem]:
+    """ARO VG-Relation (``kind='relation'``) or VG-Attribution (``kind='attribution'``)."""
+    data = _read_json(path)
+    if not isinstance(data, list):
+        raise SourceError(f"{path}: expected a JSON list of ARO items")
+    items = []
+    for i, e in enumerate(data[:limit] if limit else data):
+        try:
+            x, y, w, h = (float(e[k]) for k in ("bbox_x", "bbox_y", "bbox_w", "bbox_h"))
+            group = e["relation_name"] if kind == "relation" else "_".join(e["attributes"])
+            items.append(PairItem({"path": e["image_path"]}, e["true_caption"], e["false_caption"], group,
+                                  (x, y, x + w, y + h)))
+        except (KeyError, TypeError, ValueError) as err:
+            raise SourceError(f"{path} item {i}: missing or bad ARO field ({err})") from err
+    return items
+
+
+def load_karpathy(path: str | Path, limit: int | None = None) -> tuple[list[str], list[str], list[int]]:
+    """``(image paths, captions, caption -> image index)`` of the test split."""
+    data = _read_json(path)
+    images: list[str] = []
+    captions: list[str] = []
+    owner: list[int] = []
+    if isinstance(data, dict) and "images" in data:
+        entries = [
+            (os.path.join(e.get("filepath", ""), e["filename"]), [s["raw"] for s in e["sentences"]])
+            for e in data["images"]
+            if e.get("split") == "test"
+        ]
+    elif isinstance(data, list):
+        entries = [(e["image"], e["caption"] if isinstance(e["caption"], list) else [e["caption"]]) for e in data]
+    else:
+        raise SourceError(f"{path}: neither a Karpathy dataset_coco.json nor a list of {{image, caption}}")
+    for img, caps in entries[:limit] if limit else entries:
+        images.append(img)
+        for c in caps:
+            captions.append(c)
+            owner.append(len(images) - 1)
+    return images, captions, owner
+
+
+def shard_items(index: ShardIndex, families: Sequence[str], limit: int | None = None) -> list[PairItem]:
+    """Every (caption, candidate) pair of the held-out shards, grouped by family."""
+    items = []
+    cols = [schema.IMAGE, schema.CAPTION, *families]
+    for n, row in enumerate(index.iter_rows(cols)):
+        if limit is not None and n >= limit:
+            break
+        for f in families:
+            for c in row.get(f) or []:
+                if c:
+                    items.append(PairItem(row[schema.IMAGE] or {}, row[schema.CAPTION], c, f))
+    return items
+
+
+# --------------------------------------------------------------------------------------------
+# encoding
+
+
+class _Images(tud.Dataset):
+    def __init__(self, refs: list[tuple[dict[str, Any], tuple | None]], root: str | None, spec: ImageSpec) -> None:
+        self.refs, self.root, self.spec = refs, root, spec
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, str | None]:
+        ref, crop = self.refs[i]
+        try:
+            img = open_image(ref, self.root)
+            try:
+                if crop is not None:
+                    img = img.crop(tuple(int(round(v)) for v in crop))
+                return i, decode_image(img, self.spec, draft=crop is None), None
+            finally:
+                img.close()
+        except ImageSkip as e:
+            return i, None, e.reason
+        except (OSError, ValueError, SyntaxError):
+            return i, None, "corrupt"
+
+
+def _collate(items):
+    return items
+
+
+class Encoder:
+    """Encodes images and texts with one model, batched, into normalised float32 features."""
+
+    def __init__(self, model, tokenizer, spec: ImageSpec, device: torch.device, dtype, batch_size: int,
+                 workers: int, progress: bool) -> None:
+        self.model, self.tokenizer, self.spec = model, tokenizer, spec
+        self.device, self.dtype, self.batch_size, self.workers = device, dtype, batch_size, workers
+        self.progress = progress
+        self.skipped: dict[str, int] = defaultdict(int)
+
+    @contextlib.contextmanager
+    def _ctx(self) -> Iterator[None]:
+        amp = torch.autocast(device_type=self.device.type, dtype=self.dtype) if self.dtype else contextlib.nullcontext()
+        with torch.no_grad(), amp:
+            yield
+
+    def texts(self, texts: Sequence[str]) -> torch.Tensor:
+        feats = []
+        for i in range(0, len(texts), self.batch_size):
+            tokens = self.tokenizer(list(texts[i : i + self.batch_size])).to(self.device)
+            with self._ctx():
+                feats.append(self.model.encode_text(tokens, normalize=True).float().cpu())
+        if not feats:
+            return torch.zeros((0, 0))
+        return torch.cat(feats)
+
+    def images(self, refs: list[tuple[dict[str, Any], tuple | None]], root: str | None, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features ``(N, D)`` (zero rows where the image failed) and a bool ``ok`` mask."""
+        from tqdm.auto import tqdm
+
+        loader = tud.DataLoader(_Images(refs, root, self.spec), batch_size=self.batch_size,
+                                num_workers=self.workers, collate_fn=_collate)
+        feats: torch.Tensor | None = None
+        ok = torch.zeros(len(refs), dtype=torch.bool)
+        for batch in tqdm(loader, desc=desc, unit="batch", disable=not self.progress):
+            good = [(i, a) for i, a, _ in batch if a is not None]
+            for _, _, reason in batch:
+                if reason is not None:
+                    self.skipped[reason] += 1
+            if not good:
+                continue
+            x = normalize_images(images_to_tensor([a for _, a in good], self.spec).to(self.device), self.spec)
+            with self._ctx():
+                f = self.model.encode_image(x, normalize=True).float().cpu()
+            if feats is None:
+                feats = torch.zeros((len(refs), f.shape[1]))
+            idx = torch.tensor([i for i, _ in good])
+            feats[idx] = f
+            ok[idx] = True
+        if feats is None:
+            feats = torch.zeros((len(refs), 1))
+        return feats, ok
+
+
+def score_pairs(enc: Encoder, items: list[PairItem], root: str | None, desc: str) -> dict[str, Any]:
+    """Encode each distinct image and text once; return grouped pairwise accuracy."""
+    img_key: dict[tuple, int] = {}
+    refs: list[tuple[dict[str, Any], tuple | None]] = []
+    for it in items:
+        key = (it.image.get("path"), hash(it.image.get("bytes")), it.crop)
+        if key not in img_key:
+            img_key[key] = len(refs)
+            refs.append((it.image, it.crop))
+    texts = sorted({t for it in items for t in (it.positive, it.negative)})
+    t_index = {t: i for i, t in enumerate(texts)}
+    img_f, ok = enc.images(refs, root, desc)
+    txt_f = enc.texts(texts)
+    correct, groups = [], []
+    skipped = 0
+    for it in items:
+        i = img_key[(it.image.get("path"), hash(it.image.get("bytes")), it.crop)]
+        if not ok[i]:
+            skipped += 1
+            continue
+        pos = img_f[i] @ txt_f[t_index[it.positive]]
+        neg = img_f[i] @ txt_f[t_index[it.negative]]
+        correct.append(bool(pairwise_correct(pos, neg)))
+        groups.append(it.group)
+    out = grouped_accuracy(correct, groups)
+    out["skipped_pairs"] = skipped
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the entry point
+
+
+def evaluate(config: EvalConfig | dict[str, Any]) -> dict[str, Any]:
+    """Run every configured benchmark and write the metrics JSON to ``config.out``."""
+    cfg = config if isinstance(config, EvalConfig) else eval_config(config)
+    cfg.validate()
+    t0 = time.time()
+    device = resolve_device(cfg.model.device, DistInfo())
+    dtype = amp_dtype(cfg.model.precision, device)
+    built = build_model(cfg.model, device)
+    built.model.eval()
+    spec = ImageSpec.from_preprocess(built.preprocess)
+    enc = Encoder(built.model, built.tokenizer, spec, device, dtype, cfg.batch_size, cfg.workers, cfg.progress)
+    metrics: dict[str, Any] = {
+        "model": {"name": built.name, "pretrained": cfg.model.pretrained},
+        "config": to_dict(cfg),
+    }
+
+    if cfg.shards:
+        index = ShardIndex.from_paths(cfg.shards, cfg.split)
+        families = list(cfg.families) or list(ALL_FAMILIES)
+        res = score_pairs(enc, shard_items(index, families, cfg.limit), cfg.image_root, "shards")
+        fam = {f: res["groups"].get(f, {"accuracy": None, "pairs": 0}) for f in families}
+        with_pairs = [v["accuracy"] for v in fam.values() if v["pairs"]]
+        metrics["shards"] = {
+            "families": fam,
+            "macro": sum(with_pairs) / len(with_pairs) if with_pairs else None,
+            "micro": res["accuracy"],
+            "pairs": res["pairs"],
+            "skipped_pairs": res["skipped_pairs"],
+        }
+
+    if cfg.sugarcrepe:
+        sc: dict[str, Any] = {}
+        for path in cfg.sugarcrepe:
+            res = score_pairs(enc, load_sugarcrepe(path, cfg.limit), cfg.sugarcrepe_image_root, Path(path).stem)
+            sc[Path(path).stem] = {"accuracy": res["accuracy"], "pairs": res["pairs"], "skipped_pairs": res["skipped_pairs"]}
+        accs = [v["accuracy"] for v in sc.values() if v["accuracy"] is not None]
+        metrics["sugarcrepe"] = {"categories": sc, "mean": sum(accs) / len(accs) if accs else None}
+
+    for key, path, kind in (("aro_vg_relation", cfg.aro_relation, "relation"),
+                            ("aro_vg_attribution", cfg.aro_attribution, "attribution")):
+        if path:
+            metrics[key] = score_pairs(enc, load_aro(path, kind, cfg.limit), cfg.aro_image_root, key)
+
+    if cfg.coco_karpathy:
+        images, captions, owner = load_karpathy(cfg.coco_karpathy, cfg.limit)
+        img_f, ok = enc.images([({"path": p}, None) for p in images], cfg.coco_image_root, "coco")
+        keep_img = ok.nonzero().squeeze(1)
+        remap = {int(old): new for new, old in enumerate(keep_img.tolist())}
+        keep_txt = [j for j, o in enumerate(owner) if o in remap]
+        txt_f = enc.texts([captions[j] for j in keep_txt])
+        if len(keep_img) and keep_txt:
+            sim = img_f[keep_img] @ txt_f.T
+            rec = retrieval_recall(sim, [remap[owner[j]] for j in keep_txt])
+        else:
+            rec = {}
+        metrics["coco_retrieval"] = {**rec, "images": len(keep_img), "captions": len(keep_txt),
+                                     "skipped_images": len(images) - len(keep_img)}
+
+    metrics["skipped_images"] = dict(enc.skipped)
+    metrics["wall_s"] = round(time.time() - t0, 3)
+    if sum(enc.skipped.values()):
+        log.warning("skipped images: %s", dict(enc.skipped))
+    _write_json(Path(cfg.out), metrics)
+    log.info("metrics written to %s", cfg.out)
+    return metrics
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=True, default=str)
+        f.write("\n")
+    os.replace(tmp, path)

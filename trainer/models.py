@@ -1,0 +1,132 @@
+"""Building open_clip models (by name, pretrained tag, local weights or a custom config JSON).
+
+The project's own small configs live in ``trainer/model_configs/*.json`` (``hardneg-tiny``: a 3-layer
+ViT and text transformer of width 96 on 64x64 images, for tests, CPU runs and the synthetic world).
+:func:`register_model_configs` makes them known to open_clip by name, so after it
+``open_clip.create_model_and_transforms("hardneg-tiny", pretrained=PATH)`` works.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import ConfigError, ModelError
+
+from .config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+#: file names open_clip's ``local-dir:`` loader looks for
+WEIGHTS_NAME = "open_clip_pytorch_model.bin"
+CONFIG_NAME = "open_clip_config.json"
+
+_registered = False
+
+
+def register_model_configs() -> None:
+    """Make the configs in ``trainer/model_configs`` loadable by name (idempotent)."""
+    global _registered
+    if _registered:
+        return
+    import open_clip
+
+    open_clip.add_model_config(CONFIG_DIR)
+    _registered = True
+
+
+def resolve_name(cfg: ModelConfig) -> str:
+    """The open_clip name to build; registers a custom config JSON under its file stem."""
+    register_model_configs()
+    if cfg.model_config:
+        import open_clip
+
+        path = Path(cfg.model_config)
+        if not path.is_file():
+            raise ConfigError(f"model.model_config {path} does not exist")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"model.model_config {path} is not valid JSON: {e}") from e
+        if not all(k in data for k in ("embed_dim", "vision_cfg", "text_cfg")):
+            raise ConfigError(f"model.model_config {path} needs embed_dim, vision_cfg and text_cfg")
+        if cfg.name and cfg.name not in (path.stem, ModelConfig.name):
+            raise ConfigError(
+                f"model.name {cfg.name!r} differs from the config file's stem {path.stem!r}; "
+                "open_clip registers a config JSON under its file name"
+            )
+        open_clip.add_model_config(path)
+        return path.stem
+    return cfg.name
+
+
+@dataclass
+class BuiltModel:
+    model: Any
+    tokenizer: Any
+    name: str
+    #: open_clip's preprocess config of the model: size, mean, std, interpolation, resize_mode
+    preprocess: dict[str, Any]
+    #: the architecture config (embed_dim, vision_cfg, text_cfg) when open_clip knows it
+    model_cfg: dict[str, Any] | None
+
+
+def build_model(cfg: ModelConfig, device: Any = "cpu") -> BuiltModel:
+    """Create the model (fp32 weights; autocast handles mixed precision) and its tokenizer."""
+    import open_clip
+
+    name = resolve_name(cfg)
+    pretrained = cfg.pretrained if cfg.pretrained and cfg.pretrained.lower() not in ("none", "null") else None
+    try:
+        model = open_clip.create_model(name, pretrained=pretrained, device=device)
+        tokenizer = open_clip.get_tokenizer(name)
+    except RuntimeError as e:
+        msg = str(e)
+        if "not found" in msg and "Model config" in msg:
+            raise ConfigError(f"unknown open_clip model {name!r}: {msg}") from e
+        raise ModelError(
+            f"cannot build open_clip model {name!r} with pretrained={pretrained!r}: {msg}. "
+            "Pretrained tags download weights on first use; without network pass a local file."
+        ) from e
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    preprocess = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
+    return BuiltModel(model, tokenizer, name, preprocess, open_clip.get_model_config(name))
+
+
+def _atomic_bytes(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_weights(model: Any, out_dir: str | Path, model_cfg: dict[str, Any] | None, preprocess: dict[str, Any]) -> Path:
+    """Write weights open_clip loads two ways.
+
+    ``create_model_and_transforms(name, pretrained=<dir>/open_clip_pytorch_model.bin)`` and
+    ``create_model_and_transforms("local-dir:<dir>")`` (the config JSON travels alongside).
+    """
+    import torch
+
+    out = Path(out_dir)
+    weights = out / WEIGHTS_NAME
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    _atomic_bytes(weights, lambda tmp: torch.save(state, tmp))
+    if model_cfg is not None:
+        pp = {k: list(v) if isinstance(v, tuple) else v for k, v in preprocess.items()}
+        blob = json.dumps({"model_cfg": model_cfg, "preprocess_cfg": pp}, indent=2)
+        _atomic_bytes(out / CONFIG_NAME, lambda tmp: Path(tmp).write_text(blob, encoding="utf-8"))
+    return weights
