@@ -52,11 +52,11 @@ def write_table_atomic(table: pa.Table, path: str | Path, row_group_size: int) -
     return {"rows": table.num_rows, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
-def write_json_atomic(obj: Any, path: str | Path) -> None:
+def write_json_atomic(obj: Any, path: str | Path, sort_keys: bool = False) -> None:
     path = Path(path)
     tmp = _tmp_path(path)
     try:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=sort_keys, default=str) + "\n", encoding="utf-8")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

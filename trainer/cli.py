@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 from pipeline.config import apply_overrides, from_dict, load_yaml_section
+from pipeline.generate_cli import add_config_args
 
 from .config import EvalConfig, TrainConfig
 
@@ -27,15 +28,6 @@ OBJECTIVES: dict[str, dict[str, Any]] = {
 
 def _csv(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
-
-
-def _config_args(p: argparse.ArgumentParser, section: str) -> None:
-    p.add_argument("--config", help="YAML file (e.g. params.yaml) to read settings from")
-    p.add_argument("--section", default=section, help=f"section of --config to use (default: {section})")
-    p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override any config field, dotted (e.g. --set loss.w_imc=0.5); repeatable",
-    )
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -142,7 +134,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (0: epoch end only)")
     g.add_argument("--resume", help="auto (default), none, or a checkpoint path")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _config_args(p, "train")
+    add_config_args(p, "train")
     p.set_defaults(func=_train)
 
     p = sub.add_parser(
@@ -169,5 +161,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--workers", type=int)
     g.add_argument("--out", "-o", help="metrics JSON path (default: metrics.json)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _config_args(p, "eval")
+    add_config_args(p, "eval")
     p.set_defaults(func=_eval)

@@ -31,7 +31,6 @@ import contextlib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ import torch.utils.data as tud
 
 from pipeline import schema
 from pipeline.config import ALL_FAMILIES, to_dict
+from pipeline.shards import write_json_atomic
 from pipeline.errors import SourceError
 
 from .config import EvalConfig, eval_config
@@ -377,15 +377,6 @@ def evaluate(config: EvalConfig | dict[str, Any]) -> dict[str, Any]:
     metrics["wall_s"] = round(time.time() - t0, 3)
     if sum(enc.skipped.values()):
         log.warning("skipped images: %s", dict(enc.skipped))
-    _write_json(Path(cfg.out), metrics)
+    write_json_atomic(metrics, cfg.out, sort_keys=True)
     log.info("metrics written to %s", cfg.out)
     return metrics
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True, default=str)
-        f.write("\n")
-    os.replace(tmp, path)

@@ -9,11 +9,8 @@ objective on the global batch; AdamW with warmup + cosine. Mixed precision is au
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -21,6 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from pipeline.config import config_hash, to_dict
+from pipeline.shards import write_json_atomic
 from pipeline.errors import ConfigError
 
 from . import checkpoint as ckpt
@@ -161,15 +159,6 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def _atomic_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 # --------------------------------------------------------------------------------------------
 # the loop
 
@@ -280,7 +269,7 @@ def _train(cfg: TrainConfig, info: DistInfo, callbacks: Sequence[Callable[[dict[
     runlog = RunLog(out_dir, fields, tensorboard=cfg.tensorboard,
                     resume_step=step if resume_path is not None else None, enabled=info.is_main)
     if info.is_main:
-        _atomic_json(out_dir / "train_config.json", to_dict(cfg))
+        write_json_atomic(to_dict(cfg), out_dir / "train_config.json", sort_keys=True)
 
     loader = make_loader(stream, cfg.data.workers, pin_memory=device.type == "cuda")
     bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True,
@@ -401,7 +390,7 @@ def _train(cfg: TrainConfig, info: DistInfo, callbacks: Sequence[Callable[[dict[
         weights = save_weights(_unwrap(ddp_model), out_dir / "final", built.model_cfg, built.preprocess)
         results["final_weights"] = str(weights)
         results["model_name"] = built.name
-        _atomic_json(out_dir / "train_results.json", results)
+        write_json_atomic(results, out_dir / "train_results.json", sort_keys=True)
         log.info("trained %d steps; weights in %s", step, weights)
     barrier()
     return results

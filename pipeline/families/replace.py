@@ -1,0 +1,948 @@
+"""Replace families: one relation, attribute or object is replaced by a contrasting one of its kind.
+
+- ``relation_replace``: a spatial relation ("on" -> "under", "in front of" -> "behind", "left" ->
+  "right") or an action verb, keeping its inflection ("is sitting" -> "is standing", "rode" -> "pushed").
+- ``attribute_replace``: colour, size, material, age, state, count ("an open refrigerator" -> "a closed
+  refrigerator", "two dogs" -> "three dogs").
+- ``object_replace``: an object noun by a sibling of the same pool ("dog" -> "cat"), keeping number,
+  and flipping the pronouns that refer to a person whose gender changes ("boy ... his" -> "girl ... her").
+
+Everything a rule looks up is compiled once, in the parent process, into :class:`ReplaceTables`
+(plain dicts and tuples, cheap to pickle to workers): the rules themselves only read the token table
+and those dicts, because they must cost little next to the parse. Candidates are ranked by how often
+the replacement occurs in the input corpus, so a negative reads as naturally as its positive.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterable, NamedTuple
+
+from tqdm import tqdm
+
+from ..grammar import match_case, pluralize, singularize
+from ..lexicon import VERB_FORM_TAGS, Lexicon, load_lexicon
+from ..records import Edit, Replacement
+from ..syntax import NounPhrase, POSITION_NOUNS, RELATIONAL_NOUNS, Tok
+from . import ParsedCaption, Resources, register
+
+if TYPE_CHECKING:
+    from ..config import GenerateConfig
+
+log = logging.getLogger(__name__)
+
+#: candidates proposed per replaced word; selection keeps ``k`` per family and caption
+MAX_PER_SLOT = 3
+#: candidates precomputed per object group (some are dropped per caption: countability, repeats)
+_OBJECT_POOL = 8
+#: a caption never yields more edits than this per family
+MAX_EDITS = 12
+
+SG, PL, ONLY, INV = 0, 1, 2, 3  # number of a noun surface form: singular, plural, plural-only, invariant
+COUNT, MASS, BOTH = 0, 1, 2  # countability of a noun group
+
+#: Penn tag -> index in a verb's forms; VBN is left out: "a parked car" reads as a state, not an action
+_TAG_FORM = {tag: VERB_FORM_TAGS.index(tag) for tag in ("VB", "VBZ", "VBD", "VBG")} | {"VBP": 0}
+_SG_DETS = frozenset({"a", "an", "one", "another", "each", "every", "this", "that"})
+_MASS_DETS = frozenset({"some", "more", "much", "less", "enough", "no", "any"})
+_PL_DETS = frozenset({"these", "those", "many", "several", "few", "both", "various", "numerous", "multiple"})
+_PRONOUNS = {
+    "male": {"he": ("she", "she"), "him": ("her", "her"), "his": ("her", "hers"), "himself": ("herself", "herself")},
+    "female": {"she": ("he", "he"), "her": ("his", "him"), "hers": ("his", "his"), "herself": ("himself", "himself")},
+}
+_PUNCT = re.compile(r"[^\w\s'-]+")
+_CHUNK = 50_000  # captions per phrase-counting chunk
+
+
+class GroupRow(NamedTuple):
+    category: str
+    pool: str
+    generic: bool
+    countability: int
+    plural_only: bool
+    #: the member used when this group is a replacement: the most frequent in the corpus
+    target: str
+    opaque: bool
+
+
+class AttrRow(NamedTuple):
+    rule: str
+    pos: frozenset[str]
+    #: noun groups the head must (not) belong to; -1 stands for a noun the lexicon does not know
+    for_: frozenset[int] | None
+    not_for: frozenset[int]
+    #: (word, priority) replacements, best first
+    cands: tuple[tuple[str, int], ...]
+    #: head noun group -> the only targets allowed for it
+    only: dict[int, frozenset[str]]
+
+
+class RelRow(NamedTuple):
+    adverb: bool
+    objects: frozenset[str] | None
+    not_objects: frozenset[str]
+    cands: tuple[tuple[str, int], ...]
+
+
+class VerbRow(NamedTuple):
+    forms: tuple[str, ...]
+    transitive: bool
+    intransitive: bool
+    #: (group ids, words) a transitive use accepts as object, or None for any object
+    objects: tuple[frozenset[int], frozenset[str]] | None
+    cands: tuple[tuple[int, int], ...]  # (verb id, priority)
+    animate: bool
+    #: noun groups its subject may be replaced with, or None for any
+    subjects: frozenset[int] | None
+
+
+@dataclass(frozen=True)
+class ReplaceTables:
+    """Everything the replace rules look up, precompiled for dictionary access only."""
+
+    noun_single: dict[str, tuple[int, int]]  # surface -> (group id, number)
+    noun_multi: dict[str, tuple[tuple[tuple[str, ...], int, int], ...]]  # last word -> (words before, gid, number)
+    groups: tuple[GroupRow, ...]
+    group_members: tuple[tuple[str, ...], ...]
+    object_cands: tuple[tuple[tuple[int, int], ...], ...]  # gid -> ((target gid, priority), ...)
+    gender: dict[str, str]
+    attr_words: dict[str, tuple[int, ...]]
+    attrs: tuple[AttrRow, ...]
+    shade_words: frozenset[str]
+    colour_words: frozenset[str]
+    numbers: dict[str, tuple[tuple[str, int], ...]]
+    rel_first: dict[str, tuple[tuple[tuple[str, ...], int], ...]]  # first word -> ((words, rel id), ...)
+    rels: tuple[RelRow, ...]
+    sides: dict[str, str]
+    relational_nouns: dict[str, str]
+    verb_surface: dict[str, tuple[tuple[int, int], ...]]  # surface -> ((form index, verb id), ...)
+    #: phrasal verbs: (verb surface, particle) -> ((form index, verb id), ...) ("taking", "off")
+    verb_phrasal: dict[tuple[str, str], tuple[tuple[int, int], ...]]
+    verb_phrasal_heads: frozenset[str]
+    verbs: tuple[VerbRow, ...]
+
+
+# --------------------------------------------------------------------------- corpus counts
+
+
+def corpus_counts(captions: Iterable[str], phrases: Iterable[str] = ()) -> Counter:
+    """Word counts of the captions (lower case, punctuation dropped) plus counts of the given phrases.
+
+    One plain pass, no parser: the counts only rank candidates, so tokenisation details do not
+    matter. Phrases are counted on chunks of normalised text, so memory stays bounded on large corpora.
+    """
+    counts: Counter = Counter()
+    multi = sorted({p for p in phrases if " " in p})
+    chunk: list[str] = []
+
+    def count_phrases() -> None:
+        text = " " + " \n ".join(chunk) + " "
+        for p in multi:
+            counts[p] += text.count(f" {p} ")
+        chunk.clear()
+
+    for c in tqdm(captions, desc="count words", unit=" captions", mininterval=2, leave=False, disable=None):
+        words = _PUNCT.sub(" ", c.lower()).split()
+        counts.update(words)
+        if multi:
+            chunk.append(" ".join(words))
+            if len(chunk) >= _CHUNK:
+                count_phrases()
+    if chunk:
+        count_phrases()
+    return counts
+
+
+def _bucket(count: int, top: int) -> int:
+    """Priority from frequency relative to the best candidate: similar frequencies tie (seeded choice)."""
+    if count <= 0:
+        return 3
+    if 4 * count >= top:
+        return 0
+    if 16 * count >= top:
+        return 1
+    return 2
+
+
+def _rank(items: list[tuple[Any, int]], limit: int) -> tuple[tuple[Any, int], ...]:
+    """``(key, count)`` pairs -> ``(key, priority)``, most frequent first, at most ``limit``."""
+    order = sorted(range(len(items)), key=lambda i: (-items[i][1], i))[:limit]
+    top = items[order[0]][1] if order else 0
+    return tuple((items[i][0], _bucket(items[i][1], top)) for i in order)
+
+
+def _noun_count(counts: Counter, word: str) -> int:
+    plural = pluralize(word)
+    return counts.get(word, 0) + (counts.get(plural, 0) if plural != word else 0)
+
+
+def _member_count(counts: Counter, word: str, members: tuple[str, ...]) -> int:
+    """Occurrences of ``word`` on its own: "teddy" inside "teddy bear" does not count as "teddy"."""
+    c = _noun_count(counts, word)
+    if " " not in word:
+        c -= sum(_noun_count(counts, m) for m in members if " " in m and word in m.split())
+    return max(c, 0)
+
+
+# --------------------------------------------------------------------------- compilation
+
+
+def lexicon_phrases(lex: Lexicon) -> set[str]:
+    """Every multi-word term whose corpus count ranks candidates."""
+    out = set()
+    for g in lex.noun_groups:
+        for m in g.members:
+            out.update((m, pluralize(m)))
+    out.update(lex.relations)
+    for r in lex.relations.values():
+        out.update(r.to)
+    for v in lex.verbs.values():
+        out.update(v.forms)
+    return {p for p in out if " " in p}
+
+
+def compile_tables(lex: Lexicon, counts: Counter | None = None) -> ReplaceTables:
+    """Turn the lexicon and corpus counts into the lookup tables the rules read."""
+    counts = counts if counts is not None else Counter()
+    groups: list[GroupRow] = []
+    members: list[tuple[str, ...]] = []
+    noun_single: dict[str, tuple[int, int]] = {}
+    multi: dict[str, list[tuple[tuple[str, ...], int, int]]] = {}
+
+    def add_form(surface: str, gid: int, number: int) -> None:
+        words = surface.split()
+        if len(words) == 1:
+            noun_single[surface] = (gid, number)
+        else:
+            multi.setdefault(words[-1], []).append((tuple(words[:-1]), gid, number))
+
+    for word, cat in lex.generic_nouns.items():
+        gid = len(groups)
+        groups.append(GroupRow(cat, cat, True, COUNT, False, word, True))
+        members.append((word,))
+        add_form(word, gid, SG)
+        if pluralize(word) != word:
+            add_form(pluralize(word), gid, PL)
+    only_forms: list[tuple[str, int]] = []
+    member_counts: list[int] = [0] * len(groups)
+    for g in lex.noun_groups:
+        gid = len(groups)
+        mc = {m: _member_count(counts, m, g.members) for m in g.members}
+        ranked = sorted(g.members, key=lambda m: -mc[m])  # stable: ties keep lexicon order
+        first = g.members[0]
+        countability = MASS if first in lex.mass_nouns else BOTH if first in lex.count_or_mass else COUNT
+        plural_only = first in lex.plural_only
+        groups.append(GroupRow(g.category, g.pool, False, countability, plural_only, ranked[0],
+                               g.category not in lex.transparent_compounds))
+        members.append(g.members)
+        member_counts.append(sum(mc.values()))
+        for m in g.members:
+            if m in lex.plural_only:
+                only_forms.append((m, gid))
+                continue
+            p = pluralize(m)
+            add_form(m, gid, INV if p == m else SG)
+            if p != m:
+                add_form(p, gid, PL)
+    for m, gid in only_forms:  # "glasses" is the eyewear, not two drinking glasses
+        add_form(m, gid, ONLY)
+
+    group_count = member_counts
+    by_pool: dict[str, list[int]] = {}
+    for gid, row in enumerate(groups):
+        if not row.generic:
+            by_pool.setdefault(row.pool, []).append(gid)
+    object_cands = []
+    for gid, row in enumerate(groups):
+        if row.generic:
+            object_cands.append(())
+            continue
+        mine = set(members[gid])
+        options = []
+        for other in by_pool[row.pool]:
+            if other == gid or mine & set(members[other]):
+                continue
+            if any(lex.related_nouns(a, b) for a in mine for b in members[other]):
+                continue
+            options.append((other, group_count[other]))
+        object_cands.append(_rank(options, _OBJECT_POOL))
+
+    # noun selectors: a category, a ``category.pool`` or a noun ------------------
+    pools = {g.pool for g in lex.noun_groups}
+    cats = {g.category for g in lex.noun_groups} | set(lex.generic_nouns.values())
+
+    def resolve_nouns(names: Iterable[str]) -> tuple[frozenset[int], frozenset[str]]:
+        gids: set[int] = set()
+        words: set[str] = set()
+        for name in names:
+            if name in pools:
+                gids.update(i for i, r in enumerate(groups) if r.pool == name)
+            elif name in cats:
+                gids.update(i for i, r in enumerate(groups) if r.category == name)
+            else:
+                hit = noun_single.get(name)
+                if hit is None and " " in name:
+                    words_ = name.split()
+                    hit = next(((g, n) for w, g, n in multi.get(words_[-1], ()) if list(w) == words_[:-1]), None)
+                if hit is not None:
+                    gids.add(hit[0])
+                words.add(name)
+        return frozenset(gids), frozenset(words)
+
+    # attributes -------------------------------------------------------------
+    attrs: list[AttrRow] = []
+    attr_words: dict[str, list[int]] = {}
+    colour_words: set[str] = set()
+    for cat in lex.attributes:
+        for_ = resolve_nouns(cat.for_)[0] if cat.for_ is not None else None
+        not_for = resolve_nouns(cat.not_for)[0]
+        only: dict[int, frozenset[str]] = {}
+        for sel, allowed in cat.only_targets_for.items():
+            for g in resolve_nouns([sel])[0]:
+                only[g] = allowed
+        entries: dict[str, tuple[str, ...]] = {}
+        if cat.groups:
+            best = [max(g, key=lambda w: (counts.get(w, 0), -g.index(w))) for g in cat.groups]
+            for gi, g in enumerate(cat.groups):
+                for w in g:
+                    entries[w] = tuple(best[o] for o in range(len(cat.groups)) if o != gi)
+            if cat.rule == "colour":
+                colour_words.update(w for g in cat.groups for w in g)
+        for w, to in cat.contrasts.items():
+            entries[w] = to
+        for w, to in entries.items():
+            cands = _rank([(t, counts.get(t, 0)) for t in to], len(to))
+            attr_words.setdefault(w, []).append(len(attrs))
+            attrs.append(AttrRow(cat.rule, cat.pos, for_, not_for, cands, only))
+    numbers: dict[str, tuple[tuple[str, int], ...]] = {}
+    for n, w in enumerate(lex.numbers):
+        near = [lex.numbers[x] for x in (n - 1, n + 1) if 0 <= x < len(lex.numbers)]
+        numbers[w] = _rank([(t, counts.get(t, 0)) for t in near], 2)
+
+    # relations ----------------------------------------------------------------
+    def rel_synonyms(a: str, b: str) -> bool:
+        return a == b or any(a in s and b in s for s in lex.relation_synonyms)
+
+    def resolve_set(names: Iterable[str]) -> frozenset[str]:
+        out: set[str] = set()
+        for n in names:
+            out |= lex.noun_sets[n[1:]] if n.startswith("@") else {n}
+        return frozenset(out)
+
+    rels: list[RelRow] = []
+    rel_first: dict[str, list[tuple[tuple[str, ...], int]]] = {}
+    for phrase, entry in lex.relations.items():
+        to = [t for t in entry.to if not rel_synonyms(phrase, t)]
+        # one target per synonym group: "under" and "underneath" would make near-duplicate negatives
+        uniq: list[str] = []
+        for t in sorted(to, key=lambda t: -counts.get(t, 0)):
+            if not any(rel_synonyms(t, u) for u in uniq):
+                uniq.append(t)
+        rid = len(rels)
+        rels.append(
+            RelRow(
+                entry.adverb,
+                resolve_set(entry.objects) if entry.objects is not None else None,
+                resolve_set(entry.not_objects),
+                _rank([(t, counts.get(t, 0)) for t in uniq], MAX_PER_SLOT),
+            )
+        )
+        words = tuple(phrase.split())
+        rel_first.setdefault(words[0], []).append((words, rid))
+
+    # verbs -------------------------------------------------------------------
+    vids = {lemma: n for n, lemma in enumerate(lex.verbs)}
+    lex_names = list(lex.verbs)
+    def verb_synonyms(a: str, b: str) -> bool:
+        return a == b or any(a in s and b in s for s in lex.verb_synonyms)
+
+    verbs: list[VerbRow] = []
+    verb_surface: dict[str, list[tuple[int, int]]] = {}
+    verb_phrasal: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    for lemma, v in lex.verbs.items():
+        vid = vids[lemma]
+        to: list[tuple[int, int]] = []
+        # most frequent first, one per synonym group ("holding" and "carrying" are one contrast)
+        for t in sorted(v.to, key=lambda t: -sum(counts.get(f, 0) for f in set(lex.verbs[t].forms))):
+            if verb_synonyms(lemma, t) or any(verb_synonyms(t, lex_names[u]) for u, _ in to):
+                continue
+            to.append((vids[t], sum(counts.get(f, 0) for f in set(lex.verbs[t].forms))))
+        verbs.append(
+            VerbRow(
+                v.forms,
+                v.transitive,
+                v.intransitive,
+                resolve_nouns(v.objects) if v.objects is not None else None,
+                _rank(to, len(to)),
+                v.animate,
+                resolve_nouns(v.subjects)[0] if v.subjects is not None else None,
+            )
+        )
+        for fi, form in enumerate(v.forms):
+            parts = form.split(" ")
+            table: dict[Any, list[tuple[int, int]]] = verb_surface if len(parts) == 1 else verb_phrasal  # type: ignore[assignment]
+            key = parts[0] if len(parts) == 1 else (parts[0], parts[1])
+            if len(parts) <= 2 and (fi, vid) not in table.get(key, []):
+                table.setdefault(key, []).append((fi, vid))
+
+    return ReplaceTables(
+        noun_single=noun_single,
+        noun_multi={k: tuple(sorted(v, key=lambda x: -len(x[0]))) for k, v in multi.items()},
+        groups=tuple(groups),
+        group_members=tuple(members),
+        object_cands=tuple(object_cands),
+        gender=dict(lex.gender),
+        attr_words={k: tuple(v) for k, v in attr_words.items()},
+        attrs=tuple(attrs),
+        shade_words=lex.shade_words,
+        colour_words=frozenset(colour_words),
+        numbers=numbers,
+        rel_first={k: tuple(sorted(v, key=lambda x: -len(x[0]))) for k, v in rel_first.items()},
+        rels=tuple(rels),
+        sides=dict(lex.sides),
+        relational_nouns=dict(lex.relational_nouns),
+        verb_surface={k: tuple(v) for k, v in verb_surface.items()},
+        verb_phrasal={k: tuple(v) for k, v in verb_phrasal.items()},
+        verb_phrasal_heads=frozenset(k[0] for k in verb_phrasal),
+        verbs=tuple(verbs),
+    )
+
+
+def build_resources(cfg: "GenerateConfig", captions: list[str]) -> Resources:
+    """Lexicons (plus WordNet when enabled and installed) ranked by the input corpus, compiled once."""
+    from ..lexicon import extend_with_wordnet, wordnet_available
+
+    t0 = time.perf_counter()
+    lex = load_lexicon()
+    counts = corpus_counts(captions, lexicon_phrases(lex))
+    if cfg.use_wordnet and wordnet_available():
+        try:
+            extended = extend_with_wordnet(lex, counts)
+        except Exception as e:  # damaged WordNet data must not stop a run: the curated lexicon suffices
+            log.warning("WordNet extension failed (%s: %s); using the curated lexicon only", type(e).__name__, e)
+        else:
+            lex = extended
+            counts = corpus_counts(captions, lexicon_phrases(lex))
+    tables = compile_tables(lex, counts)
+    log.info(
+        "replace lexicon: %d noun groups, %d attribute words, %d relations, %d verbs ranked on %d captions (%.1fs)",
+        sum(1 for g in tables.groups if not g.generic), len(tables.attr_words), len(tables.rels),
+        len(tables.verbs), len(captions), time.perf_counter() - t0,
+    )
+    return Resources({"replace": tables})
+
+
+_DEFAULT: list[ReplaceTables] = []
+
+
+def tables_of(res: Resources) -> ReplaceTables:
+    """The compiled tables; without corpus counts (a bare ``Resources()``) the lexicon order ranks."""
+    t = res.data.get("replace")
+    if t is not None:
+        return t
+    if not _DEFAULT:
+        _DEFAULT.append(compile_tables(load_lexicon()))
+    return _DEFAULT[0]
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+Toks = tuple[Tok, ...]
+
+
+def _lookup(toks: Toks, i: int, lo: int, t: ReplaceTables) -> tuple[int, int, int] | None:
+    """The lexicon noun ending at token ``i`` (not starting before ``lo``): ``(start, gid, number)``."""
+    low = toks[i].lower
+    multi = t.noun_multi.get(low)
+    if multi:
+        for words, gid, number in multi:
+            s = i - len(words)
+            if s >= lo and all(toks[s + k].lower == w for k, w in enumerate(words)):
+                return s, gid, number
+    hit = t.noun_single.get(low)
+    if hit is not None:
+        return i, hit[0], hit[1]
+    return None
+
+
+def _case(tok: Tok, text: str) -> str:
+    """Mid-sentence capitals of the replaced word carry over; the sentence start is left to realize."""
+    return match_case(tok.text, text) if tok.i > 0 else text
+
+
+def _span_lower(toks: Toks, start: int, end: int) -> str:
+    return " ".join(toks[k].lower for k in range(start, end))
+
+
+# --------------------------------------------------------------------------- relation_replace
+
+
+@register("relation_replace")
+def relation_replace(parsed: ParsedCaption, res: Resources) -> list[Edit]:
+    t = tables_of(res)
+    toks, children = parsed.toks, parsed.children
+    n = len(toks)
+    edits: list[Edit] = []
+    heads = None
+    i = 0
+    while i < n and len(edits) < MAX_EDITS:
+        tok = toks[i]
+        low = tok.lower
+        pos = tok.pos
+        if pos == "VERB":
+            if (low in t.verb_surface or low in t.verb_phrasal_heads) and tok.tag in _TAG_FORM:
+                if heads is None:
+                    heads = {p.head: p for p in parsed.phrases}
+                _verb_edits(parsed, tok, t, heads, edits)
+            i += 1
+            continue
+        entries = t.rel_first.get(low)
+        if entries is not None and pos in ("ADP", "ADV", "ADJ", "SCONJ"):
+            used = _relation_edits(toks, children, i, entries, t, edits)
+            if used:
+                i += used
+                continue
+        if low in t.sides and pos in ("NOUN", "ADJ"):
+            edits.append(_spatial_word(tok, t.sides[low]))
+        elif low in t.relational_nouns and pos == "NOUN" and any(
+            toks[c].lower == "of" and toks[c].dep == "prep" for c in children[i]
+        ):
+            edits.append(_spatial_word(tok, t.relational_nouns[low]))
+        i += 1
+    return edits
+
+
+def _spatial_word(tok: Tok, new: str) -> Edit:
+    """One word with its opposite: "left" -> "right", "top (of)" -> "bottom (of)"."""
+    return Edit(
+        family="relation_replace",
+        rule="spatial",
+        replacements=(Replacement(tok.i, tok.i + 1, _case(tok, new)),),
+        items=(tok.lower, new),
+    )
+
+
+def _relation_edits(
+    toks: Toks,
+    children: tuple[tuple[int, ...], ...],
+    i: int,
+    entries: tuple[tuple[tuple[str, ...], int], ...],
+    t: ReplaceTables,
+    edits: list[Edit],
+) -> int:
+    """Edits for the relation starting at token ``i``; returns how many tokens it spans (0: none)."""
+    n = len(toks)
+    for words, rid in entries:
+        size = len(words)
+        if i + size > n or any(toks[i + k].lower != w for k, w in enumerate(words[1:], 1)):
+            continue
+        row = t.rels[rid]
+        last = i + size - 1
+        obj = next((c for c in children[last] if toks[c].dep == "pobj"), None)
+        if obj is None:
+            if not (row.adverb and size == 1 and toks[i].dep in ("advmod", "prep", "npadvmod")):
+                continue
+        else:
+            o = toks[obj]
+            if size == 1 and (o.lower in RELATIONAL_NOUNS or o.lower in POSITION_NOUNS):
+                return 0  # "on the side of": the relational noun is the relation
+            if o.pos == "PROPN":
+                return size  # "on a Wii", "in New York": names carry their own preposition
+            names = {o.lower, singularize(o.lower)}
+            if obj > 0 and toks[obj - 1].dep == "compound":
+                names |= {f"{toks[obj - 1].lower} {x}" for x in tuple(names)}
+            if row.objects is not None and not (names & row.objects):
+                return size
+            if names & row.not_objects:
+                return size
+        phrase = " ".join(words)
+        for text, prio in row.cands:
+            edits.append(
+                Edit(
+                    family="relation_replace",
+                    rule="spatial",
+                    replacements=(Replacement(i, i + size, _case(toks[i], text)),),
+                    items=(phrase, text),
+                    priority=prio,
+                )
+            )
+        return size
+    return 0
+
+
+def _verb_edits(parsed: ParsedCaption, tok: Tok, t: ReplaceTables, heads: dict[int, NounPhrase], edits: list[Edit]) -> None:
+    toks, children = parsed.toks, parsed.children
+    form = _TAG_FORM[tok.tag]
+    obj = None
+    prt = None
+    for c in children[tok.i]:
+        dep = toks[c].dep
+        if dep == "prt":
+            prt = c
+        elif dep == "dobj" and obj is None:
+            obj = c
+    if prt is None:
+        hits = t.verb_surface.get(tok.lower, ())
+        end = tok.i + 1
+    elif prt == tok.i + 1:  # "taking off": the particle is part of the verb
+        hits = t.verb_phrasal.get((tok.lower, toks[prt].lower), ())
+        end = prt + 1
+    else:
+        hits = ()
+    hit = next((h for h in hits if h[0] == form), None)
+    if hit is None:
+        # unknown phrasal use ("sitting down", "picking up"), or a spelling that is another form
+        # than the tag says (a tagging error): leave it alone
+        return
+    src = t.verbs[hit[1]]
+    if not (src.transitive if obj is not None else src.intransitive):
+        return  # a use the lexicon does not describe ("spectators watch skiers fly by")
+    if src.animate and not _animate_subject(parsed, tok.i, t, heads):
+        return  # "a microwave sitting on a counter" is placed, not seated
+    obj_gid = -1
+    obj_word = ""
+    if obj is not None:
+        phrase = heads.get(obj)
+        noun = phrase.noun if phrase is not None else obj
+        obj_word = singularize(toks[noun].lower)
+        found = _lookup(toks, noun, tok.i + 1, t)
+        if found is not None:
+            obj_gid = found[1]
+    added = 0
+    for vid, prio in src.cands:
+        row = t.verbs[vid]
+        if obj is not None:
+            if not row.transitive:
+                continue
+            if row.objects is not None and obj_gid not in row.objects[0] and obj_word not in row.objects[1]:
+                continue
+        elif not row.intransitive:
+            continue
+        text = row.forms[form]
+        edits.append(
+            Edit(
+                family="relation_replace",
+                rule="action",
+                replacements=(Replacement(tok.i, end, _case(tok, text)),),
+                items=(_span_lower(toks, tok.i, end), text),
+                priority=prio,
+            )
+        )
+        added += 1
+        if added == MAX_PER_SLOT:
+            break
+
+
+_ANIMATE_PRONOUNS = frozenset("he she they who i you we someone somebody everyone".split())
+
+
+def _animate_subject(parsed: ParsedCaption, v: int, t: ReplaceTables, heads: dict[int, NounPhrase]) -> bool:
+    """Whether the subject of verb ``v`` is a person or an animal (unknown nouns are not)."""
+    toks, children = parsed.toks, parsed.children
+    for _ in range(4):
+        verb = toks[v]
+        subj = next((c for c in children[v] if toks[c].dep in ("nsubj", "nsubjpass")), None)
+        if subj is not None and toks[subj].lower in ("who", "that", "which") and verb.dep == "relcl":
+            subj = verb.head
+        if subj is None:
+            if verb.dep in ("acl", "relcl") or (verb.head != v and toks[verb.head].pos in ("NOUN", "PROPN")):
+                subj = verb.head
+            elif verb.dep in ("conj", "xcomp", "advcl") and verb.head != v:
+                v = verb.head  # "a man sitting and reading": the first verb's subject
+                continue
+            else:
+                return False
+        s = toks[subj]
+        if s.pos == "PRON":
+            return s.lower in _ANIMATE_PRONOUNS
+        ph = heads.get(subj)
+        found = _lookup(toks, ph.noun, ph.start, t) if ph is not None else _lookup(toks, subj, 0, t)
+        return found is not None and t.groups[found[1]].category in ("person", "animal")
+    return False
+
+
+# --------------------------------------------------------------------------- attribute_replace
+
+
+@register("attribute_replace")
+def attribute_replace(parsed: ParsedCaption, res: Resources) -> list[Edit]:
+    t = tables_of(res)
+    toks = parsed.toks
+    edits: list[Edit] = []
+    by_head: dict[int, int] = {}
+    for ph in parsed.phrases:
+        found = _lookup(toks, ph.noun, ph.start, t)
+        gid = found[1] if found is not None else -1
+        by_head[ph.head] = gid
+        limit = found[0] if found is not None else ph.noun
+        present = {toks[k].lower for k in range(ph.start, ph.end)}
+        if ph.adjectives is not None:
+            for k in range(ph.adjectives[0], min(ph.adjectives[1], limit)):
+                _attribute_edits(toks, k, gid, present, t, edits)
+        if ph.compound is not None:
+            for k in range(ph.compound[0], min(ph.compound[1], limit)):
+                _attribute_edits(toks, k, gid, present, t, edits)
+        if ph.number is not None and ph.plural:
+            _number_edits(toks[ph.number], t, edits)
+    # predicative adjectives: "the refrigerator is open"
+    for tok in toks:
+        if tok.dep == "acomp" and tok.pos == "ADJ" and tok.lower in t.attr_words:
+            subj = next((c for c in parsed.children[tok.head] if toks[c].dep == "nsubj"), None)
+            if subj is not None and subj in by_head:
+                _attribute_edits(toks, tok.i, by_head[subj], {tok.lower}, t, edits)
+    return edits[:MAX_EDITS]
+
+
+def _attribute_edits(
+    toks: Toks, k: int, gid: int, present: set[str], t: ReplaceTables, edits: list[Edit]
+) -> None:
+    tok = toks[k]
+    ids = t.attr_words.get(tok.lower)
+    if ids is None:
+        return
+    if tok.lower in t.shade_words and k + 1 < len(toks) and toks[k + 1].lower in t.colour_words:
+        return  # "dark blue": the shade belongs to the colour
+    start = k
+    if k > 0 and toks[k - 1].lower in t.shade_words and tok.lower in t.colour_words:
+        start = k - 1  # "dark blue" -> "red", never "dark white"
+    if k > 0 and toks[k - 1].text == "-" or k + 1 < len(toks) and toks[k + 1].text == "-":
+        return  # part of a hyphenated word ("red-haired", "old-fashioned")
+    added = 0
+    for a in ids:
+        row = t.attrs[a]
+        if tok.pos not in row.pos:
+            continue
+        if row.for_ is not None and gid not in row.for_:
+            continue
+        if gid in row.not_for:
+            continue
+        only = row.only.get(gid)
+        for word, prio in row.cands:
+            if word in present or (only is not None and word not in only):
+                continue
+            edits.append(
+                Edit(
+                    family="attribute_replace",
+                    rule=row.rule,
+                    replacements=(Replacement(start, k + 1, _case(toks[start], word)),),
+                    items=(_span_lower(toks, start, k + 1), word),
+                    priority=prio,
+                )
+            )
+            added += 1
+            if added == MAX_PER_SLOT:
+                return
+
+
+def _number_edits(tok: Tok, t: ReplaceTables, edits: list[Edit]) -> None:
+    low = tok.lower
+    cands = t.numbers.get(low)
+    if cands is None:
+        if not low.isdigit() or not 2 <= int(low) <= 99:
+            return
+        v = int(low)
+        cands = tuple((str(x), 0) for x in (v + 1, v - 1) if x >= 2)
+    for word, prio in cands:
+        edits.append(
+            Edit(
+                family="attribute_replace",
+                rule="count",
+                replacements=(Replacement(tok.i, tok.i + 1, _case(tok, word)),),
+                items=(low, word),
+                priority=prio,
+            )
+        )
+
+
+# --------------------------------------------------------------------------- object_replace
+
+
+@register("object_replace")
+def object_replace(parsed: ParsedCaption, res: Resources) -> list[Edit]:
+    t = tables_of(res)
+    toks = parsed.toks
+    found = []
+    for ph in parsed.phrases:
+        m = _lookup(toks, ph.noun, ph.start, t) if toks[ph.noun].pos == "NOUN" else None
+        found.append(m)
+    present = {m[1] for m in found if m is not None}
+    words: set[str] | None = None
+    edits: list[Edit] = []
+    for ph, m in zip(parsed.phrases, found):
+        if m is None or len(edits) >= MAX_EDITS:
+            continue
+        start, gid, number = m
+        row = t.groups[gid]
+        cands = t.object_cands[gid]
+        if not cands:
+            continue
+        if start > ph.start and toks[start - 1].text == "-":
+            continue  # "t-shirt", "ice-cream": the match is only half the word
+        if row.opaque and ph.nominal_start < start:
+            continue  # "food truck" -> "food bus"
+        end = ph.noun + 1
+        if end < len(toks):
+            longer = t.noun_multi.get(toks[end].lower)
+            if longer and any(w[-1] == toks[ph.noun].lower for w, _, _ in longer):
+                continue  # "microwave oven" with "oven" misparsed: the name goes on
+        allowed = _verb_objects(toks, parsed.children, ph, gid, t)
+        if words is None:
+            words = {tk.lower for tk in toks}
+        _object_edits(parsed, ph, start, gid, number, cands, present, words, allowed, t, edits)
+    return edits[:MAX_EDITS]
+
+
+def _verb_objects(
+    toks: Toks, children: tuple[tuple[int, ...], ...], ph: NounPhrase, gid: int, t: ReplaceTables
+) -> frozenset[int] | None:
+    """What the verb governing the phrase accepts in its place, when it constrains that and
+    accepts the original: "flying a kite" never becomes "flying a ball", nor "an airplane flying"
+    "a bus flying".
+    """
+    head = toks[ph.head]
+    verb = -1
+    if head.dep == "dobj":
+        verb, role = head.head, 0
+    elif head.dep in ("nsubj", "nsubjpass"):
+        verb, role = head.head, 1
+    else:
+        verb = next((c for c in children[ph.head] if toks[c].dep == "acl" and toks[c].pos == "VERB"), -1)
+        role = 1
+    if verb < 0 or toks[verb].pos != "VERB":
+        return None
+    hits = t.verb_surface.get(toks[verb].lower)
+    if not hits:
+        return None
+    row = t.verbs[hits[0][1]]
+    allowed = row.objects[0] if role == 0 and row.objects is not None else row.subjects if role == 1 else None
+    if allowed is None or gid not in allowed:
+        return None
+    return allowed
+
+
+def _object_edits(
+    parsed: ParsedCaption,
+    ph: NounPhrase,
+    start: int,
+    gid: int,
+    number: int,
+    cands: tuple[tuple[int, int], ...],
+    present: set[int],
+    words: set[str],
+    allowed: frozenset[int] | None,
+    t: ReplaceTables,
+    edits: list[Edit],
+) -> None:
+    toks = parsed.toks
+    row = t.groups[gid]
+    end = ph.noun + 1
+    # in "a group of sheep" the article belongs to "group": look after the "of"
+    dets = [toks[k] for k in range(ph.start if ph.head == ph.noun else ph.head + 2, start)]
+    has_number = ph.number is not None
+    article = any(d.lower in _SG_DETS for d in dets)
+    # "some cake", "more bread" read as mass nouns, like a bare "cake"
+    determined = any(
+        (d.dep in ("det", "poss", "nummod", "predet") or d.pos in ("DET", "NUM", "PRON")) and d.lower not in _MASS_DETS
+        for d in dets
+    )
+    if number == ONLY:
+        if has_number or (end < len(toks) and toks[end].lower == "of"):
+            return  # "two glasses of wine" are drinking glasses
+        plural = True
+    elif number == INV:
+        plural = toks[ph.noun].tag == "NNS" or not article or ph.head != ph.noun
+    else:
+        # the spelling, not the tag ("broccoli" is sometimes tagged NNS), unless a determiner says
+        # otherwise ("these broccoli")
+        plural = number == PL or any(d.lower in _PL_DETS for d in dets)
+    bare = not plural and not determined
+    mass_usage = bare and (row.countability != COUNT or ph.start != 0)  # "Man riding a bike" is a headline
+    src_gender = t.gender.get(singularize(_span_lower(toks, start, end)))
+    original = _span_lower(toks, start, end)
+    flips: dict[str | None, tuple[Replacement, ...] | None] = {}  # by the new noun's gender
+    added = 0
+    for tgid, prio in cands:
+        if tgid in present or (allowed is not None and tgid not in allowed):
+            continue  # "a man and a woman" -> "a woman and a woman" only repeats
+        tr = t.groups[tgid]
+        if tr.target in words:
+            continue
+        if mass_usage:
+            if tr.countability == COUNT:
+                continue
+        elif tr.countability == MASS and (article or plural):
+            continue
+        if tr.plural_only:
+            if not (number == ONLY or (plural and not has_number)):
+                continue
+            text = tr.target
+        elif number == ONLY and tr.countability == MASS:
+            continue
+        elif plural:
+            if tr.countability == MASS:
+                continue
+            text = pluralize(tr.target)
+        else:
+            text = tr.target
+        dst = t.gender.get(tr.target)
+        if dst not in flips:
+            flips[dst] = _pronoun_flips(toks, end, src_gender, dst, t)
+        pronouns = flips[dst]
+        if pronouns is None:
+            continue
+        edits.append(
+            Edit(
+                family="object_replace",
+                rule=row.category,
+                replacements=(Replacement(start, end, _case(toks[start], text)), *pronouns),
+                items=(original, text),
+                priority=prio,
+            )
+        )
+        added += 1
+        if added == MAX_PER_SLOT:
+            return
+
+
+def _pronoun_flips(
+    toks: Toks, after: int, src: str | None, dst: str | None, t: ReplaceTables
+) -> tuple[Replacement, ...] | None:
+    """Replacements turning the pronouns that refer to the replaced person to the new gender.
+
+    A pronoun refers to the replaced noun when it follows it and matches its gender (a neutral noun
+    takes the gender of the first gendered pronoun after it); scanning stops at the next noun of
+    that gender, which would be the nearer referent. Returns None when the new noun is neutral but
+    gendered pronouns refer to it, so no candidate reads "a child ... her" by accident.
+    """
+    if src is None and dst is None:
+        return ()
+    out: list[Replacement] = []
+    gender = src
+    for k in range(after, len(toks)):
+        tok = toks[k]
+        low = tok.lower
+        if tok.pos == "NOUN":
+            g = t.gender.get(singularize(low))
+            if g is not None and (gender is None or g == gender):
+                break
+            continue
+        if tok.pos != "PRON":
+            continue
+        if gender is None:
+            gender = "male" if low in _PRONOUNS["male"] else "female" if low in _PRONOUNS["female"] else None
+            if gender is None:
+                continue
+        flips = _PRONOUNS[gender].get(low)
+        if flips is None:
+            continue
+        if dst is None:
+            return None if src is None else ()
+        if dst == gender:
+            return ()
+        new = flips[0] if tok.tag == "PRP$" or low in ("he", "she", "him", "himself", "herself") else flips[1]
+        out.append(Replacement(k, k + 1, match_case(tok.text, new)))
+    return tuple(out)
