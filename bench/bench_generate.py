@@ -1,9 +1,10 @@
 """Throughput of ``hardneg generate`` against a bare spaCy parse, side by side in one run.
 
-Measures, on the same captions, with the same model and components:
-  bare      nlp.pipe over the captions, nothing else (the ceiling generation is held to)
+Measures, on the same captions, with the same model and components, each from a cold start
+(loading the spaCy pipeline is inside every timing):
+  bare      load the pipeline + nlp.pipe over the captions, nothing else (the ceiling)
   one-by-one  nlp(caption) per caption, as NegCLIP's perturbation code parses (for reference)
-  gen x1    the full ``generate()`` (read, parse, rules, filters, Parquet, manifest), 1 worker
+  gen x1    the full ``generate()`` (read, load, parse, rules, filters, Parquet, manifest), 1 worker
   gen x2    the same with 2 worker processes
 Rounds alternate the variants so drift on a shared machine hits all of them alike; the table shows
 the median of the rounds and the ratios the targets are stated in:
@@ -39,8 +40,9 @@ def captions_of(path: Path, limit: int | None) -> list[str]:
 
 
 def time_bare(caps: list[str], parse: ParseConfig) -> float:
-    nlp = load_nlp(parse)
+    """Load the pipeline and parse: the same fixed start-up cost that ``generate`` pays."""
     t = time.perf_counter()
+    nlp = load_nlp(parse)
     for _ in nlp.pipe(caps, batch_size=parse.batch_size):
         pass
     return time.perf_counter() - t

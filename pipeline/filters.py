@@ -7,26 +7,27 @@ not depend on worker count, shard boundaries or the order captions are processed
 
 from __future__ import annotations
 
-import hashlib
-import re
+import string
+import zlib
 from typing import Callable, Iterable
 
 from .records import Candidate, Edit, RejectCounts
 
 REJECT_REASONS = ("symmetric", "same_word", "identity", "same_image", "duplicate", "over_k", "rule_error")
 
-_PUNCT = re.compile(r"[^\w\s']+")
+_PUNCT = str.maketrans({c: " " for c in string.punctuation if c != "'"})
 
 
 def normalize(text: str) -> str:
     """Comparison key: case, punctuation, spacing and a/an differences do not make a new caption."""
-    words = _PUNCT.sub(" ", text.lower()).split()
-    return " ".join("a" if w == "an" else w for w in words)
+    words = text.lower().translate(_PUNCT).split()
+    return " ".join(["a" if w == "an" else w for w in words])
 
 
-def _seeded_key(seed: int, caption_id: str, family: str, edit: Edit) -> bytes:
-    spans = ";".join(f"{r.start}:{r.end}:{r.text}" for r in edit.replacements)
-    return hashlib.blake2b(f"{seed}|{caption_id}|{family}|{edit.rule}|{spans}".encode(), digest_size=8).digest()
+def _seeded_key(seed: int, caption_id: str, family: str, edit: Edit) -> int:
+    """A tie-breaking key that depends only on the seed, the caption and the edit itself."""
+    spans = ";".join([f"{r.start}:{r.end}:{r.text}" for r in edit.replacements])
+    return zlib.crc32(f"{seed}|{caption_id}|{family}|{edit.rule}|{spans}".encode())
 
 
 def select(

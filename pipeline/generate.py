@@ -30,7 +30,7 @@ from .manifest import build_manifest, manifest_path
 from .nlp import load_nlp, model_info, model_version, parse, resolve_model
 from .realize import realize
 from .records import Candidate, CaptionRecord, Edit, RejectCounts, Skip
-from .schema import SCHEMA_VERSION, arrow_schema, rows_to_table, to_row
+from .schema import SCHEMA_VERSION, ShardBuilder, arrow_schema
 from .shards import list_shards, shard_meta, write_json_atomic, write_table_atomic
 from .sources import fingerprint, iter_source, source_name
 
@@ -120,7 +120,7 @@ def _run_shard(task: ShardTask) -> tuple[int, ShardStats, dict[str, Any]]:
         groups.setdefault(r.group, []).append(r.caption)
     stats = ShardStats(rows=len(task.records), spacy=_WORKER["model_info"])
     rejects = RejectCounts()
-    rows = []
+    builder = ShardBuilder()
     t0 = time.perf_counter()
     docs = parse(nlp, (r.caption for r in task.records), cfg.parse.batch_size)
     for record, doc in zip(task.records, docs):
@@ -134,10 +134,10 @@ def _run_shard(task: ShardTask) -> tuple[int, ShardStats, dict[str, Any]]:
             stats.candidates[fam] = stats.candidates.get(fam, 0) + len(cands)
             if cands:
                 stats.covered[fam] = stats.covered.get(fam, 0) + 1
-        rows.append(to_row(record, kept))
+        builder.add(record, kept)
     stats.parse_seconds = time.perf_counter() - t0
     stats.rejects = rejects.counts
-    table = rows_to_table(rows, arrow_schema(task.meta))
+    table = builder.to_table(arrow_schema(task.meta))
     info = write_table_atomic(table, task.path, cfg.row_group_size)
     write_json_atomic({"shard": info, "stats": stats.__dict__}, _stats_path(task.path))
     return task.index, stats, info

@@ -116,33 +116,104 @@ def check_version(meta: dict[str, Any]) -> None:
 
 
 def to_row(record: CaptionRecord, candidates: dict[str, list[Candidate]]) -> dict[str, Any]:
-    """One output row: the record, its kept candidates per family, and their provenance."""
-    row: dict[str, Any] = {
-        ID: record.id,
-        IMAGE: {"bytes": record.image_bytes, "path": record.image_path},
-        CAPTION: record.caption,
-        SOURCE: record.source,
-        SPLIT: record.split,
-        GROUP: record.group,
-    }
-    prov = []
-    for fam in FAMILY_COLUMNS:
-        cands = candidates.get(fam, [])
-        row[fam] = [c.text for c in cands]
-        for c in cands:
-            prov.append(
-                {
-                    "family": c.family,
-                    "rule": c.rule,
-                    "text": c.text,
-                    "token_spans": [list(s) for s in c.token_spans],
-                    "char_spans": [list(s) for s in c.char_spans],
-                }
-            )
-    row[PROVENANCE] = prov
-    return row
+    """One output row as a dict (for readers and tests; writers use :class:`ShardBuilder`)."""
+    builder = ShardBuilder()
+    builder.add(record, candidates)
+    return builder.to_table(arrow_schema()).to_pylist()[0]
+
+
+class ShardBuilder:
+    """Collects rows column by column and builds the Arrow table in one go.
+
+    Building nested list/struct columns from flat value lists and offsets is several times
+    cheaper than converting a dict per row, and the writer runs once per caption.
+    """
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.img_bytes: list[bytes | None] = []
+        self.img_paths: list[str | None] = []
+        self.captions: list[str] = []
+        self.sources: list[str] = []
+        self.splits: list[str] = []
+        self.groups: list[str] = []
+        self.fam_values: dict[str, list[str]] = {f: [] for f in FAMILY_COLUMNS}
+        self.fam_offsets: dict[str, list[int]] = {f: [0] for f in FAMILY_COLUMNS}
+        self.prov_offsets: list[int] = [0]
+        self.prov_family: list[str] = []
+        self.prov_rule: list[str] = []
+        self.prov_text: list[str] = []
+        self.tok_offsets: list[int] = [0]
+        self.tok_flat: list[int] = []
+        self.char_offsets: list[int] = [0]
+        self.char_flat: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add(self, record: CaptionRecord, candidates: dict[str, list[Candidate]]) -> None:
+        self.ids.append(record.id)
+        self.img_bytes.append(record.image_bytes)
+        self.img_paths.append(record.image_path)
+        self.captions.append(record.caption)
+        self.sources.append(record.source)
+        self.splits.append(record.split)
+        self.groups.append(record.group)
+        for fam in FAMILY_COLUMNS:
+            values = self.fam_values[fam]
+            for c in candidates.get(fam, ()):
+                values.append(c.text)
+                self.prov_family.append(c.family)
+                self.prov_rule.append(c.rule)
+                self.prov_text.append(c.text)
+                for a, b in c.token_spans:
+                    self.tok_flat.append(a)
+                    self.tok_flat.append(b)
+                self.tok_offsets.append(len(self.tok_flat) // 2)
+                for a, b in c.char_spans:
+                    self.char_flat.append(a)
+                    self.char_flat.append(b)
+                self.char_offsets.append(len(self.char_flat) // 2)
+            self.fam_offsets[fam].append(len(values))
+        self.prov_offsets.append(len(self.prov_text))
+
+    @staticmethod
+    def _spans(offsets: list[int], flat: list[int]) -> pa.Array:
+        pairs = pa.ListArray.from_arrays(pa.array(range(0, len(flat) + 1, 2), pa.int32()), pa.array(flat, pa.int32()))
+        return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pairs)
+
+    def to_table(self, schema: pa.Schema) -> pa.Table:
+        image = pa.StructArray.from_arrays(
+            [pa.array(self.img_bytes, pa.binary()), pa.array(self.img_paths, pa.string())], names=["bytes", "path"]
+        )
+        prov_struct = pa.StructArray.from_arrays(
+            [
+                pa.array(self.prov_family, pa.string()),
+                pa.array(self.prov_rule, pa.string()),
+                pa.array(self.prov_text, pa.string()),
+                self._spans(self.tok_offsets, self.tok_flat),
+                self._spans(self.char_offsets, self.char_flat),
+            ],
+            fields=list(PROVENANCE_TYPE.value_type),
+        )
+        columns = {
+            ID: pa.array(self.ids, pa.string()),
+            IMAGE: image,
+            CAPTION: pa.array(self.captions, pa.string()),
+            SOURCE: pa.array(self.sources, pa.string()),
+            SPLIT: pa.array(self.splits, pa.string()),
+            GROUP: pa.array(self.groups, pa.string()),
+            **{
+                f: pa.ListArray.from_arrays(
+                    pa.array(self.fam_offsets[f], pa.int32()), pa.array(self.fam_values[f], pa.string())
+                )
+                for f in FAMILY_COLUMNS
+            },
+            PROVENANCE: pa.ListArray.from_arrays(pa.array(self.prov_offsets, pa.int32()), prov_struct),
+        }
+        return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
 
 
 def rows_to_table(rows: Iterable[dict[str, Any]], schema: pa.Schema) -> pa.Table:
-    rows = list(rows)
-    return pa.Table.from_pylist(rows, schema=schema)
+    """A table from row dicts (tests and tools that build shards by hand)."""
+    return pa.Table.from_pylist(list(rows), schema=schema)

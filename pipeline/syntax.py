@@ -98,6 +98,9 @@ SYMMETRIC_RELATIONS = frozenset(
         "meets", "meeting", "hugging", "hugs", "kissing", "kisses", "facing each other",
     ]
 )
+#: prepositions that join a noun to its part, content or kind rather than relating two objects
+#: ("a glass of ale", "a bouquet of flowers"): exchanging around them yields word salad
+NON_RELATIONS = frozenset({"of"})
 _MODIFIER_DEPS = frozenset({"amod", "advmod", "npadvmod", "cc", "conj", "punct", "hmod", "hyph"})
 _SUBJECT_DEPS = frozenset({"nsubj", "nsubjpass"})
 _NOUN_POS = frozenset({"NOUN", "PROPN"})
@@ -239,6 +242,15 @@ def _relation_text(toks: tuple[Tok, ...], start: int, end: int) -> str:
     return " ".join(t.lower for t in toks[start:end] if t.dep not in ("aux", "auxpass", "det", "punct"))
 
 
+def part_of(toks: tuple[Tok, ...], a: NounPhrase, b: NounPhrase) -> bool:
+    """Whether ``b`` completes ``a`` through a non-relation ("a bouquet of flowers", "a glass of ale")."""
+    tb = toks[b.head]
+    if tb.dep != "pobj":
+        return False
+    prep = toks[tb.head]
+    return prep.lower in NON_RELATIONS and prep.head == a.head
+
+
 def finite_verb(toks: tuple[Tok, ...], children: tuple[tuple[int, ...], ...], i: int) -> int | None:
     """The token that carries subject agreement for a verb: itself when finite, else its auxiliary."""
     if toks[i].tag in ("VBZ", "VBP", "VBD"):
@@ -294,6 +306,8 @@ def links(toks: tuple[Tok, ...], children: tuple[tuple[int, ...], ...], phrases:
                 continue
             relation = _relation_text(toks, rel_start, b.start)
             core = _relation_text(toks, prep, b.start) if kind != "verb_object" else relation
+            if core in NON_RELATIONS:
+                break
             symmetric = relation in SYMMETRIC_RELATIONS or core in SYMMETRIC_RELATIONS
             out.append(Link(an, bn, kind, relation, symmetric, verb))
             break

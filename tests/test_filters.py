@@ -53,7 +53,8 @@ def test_identity_and_duplicate():
 
     rejects = RejectCounts()
     kept = select("id", caption, edits, realizer, [caption], 3, 0, rejects)
-    assert [c.text for c in kept["object_swap"]] == ["A horse rides a horse"]
+    # the two spellings are one negative: whichever the seeded order examines first is kept
+    assert [normalize(c.text) for c in kept["object_swap"]] == ["a horse rides a horse"]
     assert rejects.counts == {"object_swap": {"identity": 1, "duplicate": 1}}
 
 

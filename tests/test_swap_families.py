@@ -51,6 +51,13 @@ def test_relation_swap(parsed, caption, expected):
     assert texts(parsed, caption, "relation_swap") == expected
 
 
+def test_relation_swap_moves_of_complements_and_never_swaps_around_of(parsed):
+    # "of" joins a container to its content: the pair moves as one, and is never split
+    assert texts(parsed, "A glass of ale on a table", "relation_swap") == ["A table on a glass of ale"]
+    assert texts(parsed, "A cat sitting on a pile of clothes", "relation_swap") == ["A pile of clothes sitting on a cat"]
+    assert texts(parsed, "A glass of ale", "relation_swap") == []
+
+
 def test_relation_swap_marks_symmetric_relations(parsed):
     # "with" and "next to" relate both ways: proposed, but flagged so the filter drops them
     assert proposals(parsed, "Blue bathroom with two white towels", "relation_swap") == [
@@ -130,6 +137,13 @@ def test_attribute_swap_needs_an_attribute_on_both_sides(parsed):
 )
 def test_object_swap(parsed, caption, expected):
     assert texts(parsed, caption, "object_swap") == expected
+
+
+def test_object_swap_never_swaps_a_noun_with_its_of_complement(parsed):
+    assert texts(parsed, "A bouquet of blooming flowers inside a steel vase.", "object_swap") == [
+        "A steel vase of blooming flowers inside a bouquet.",
+        "A bouquet of blooming steel vases inside a flower.",
+    ]
 
 
 def test_object_swap_irregular_plural(parsed):

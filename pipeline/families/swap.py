@@ -12,7 +12,7 @@ from itertools import combinations
 from ..grammar import agree_verb, inflect_noun, singularize
 from ..realize import span_words
 from ..records import Edit, Replacement
-from ..syntax import Link, NounPhrase, Tok
+from ..syntax import Link, NounPhrase, Tok, part_of
 from . import ParsedCaption, Resources, register
 
 #: nouns naming people; swapping a person with a thing is kept but ranked after like-for-like swaps
@@ -39,13 +39,23 @@ def _category(lemma: str) -> str:
 Toks = tuple[Tok, ...]
 
 
-def _moved_phrase(toks: Toks, p: NounPhrase) -> str:
+def _with_complement(parsed: ParsedCaption, p: NounPhrase) -> int:
+    """End of ``p`` together with its "of" complements ("a glass" -> "a glass of ale")."""
+    end = p.end
+    for q in parsed.phrases:
+        if q.start == end + 1 and part_of(parsed.toks, p, q):
+            end = _with_complement(parsed, q)
+            break
+    return end
+
+
+def _moved_phrase(toks: Toks, p: NounPhrase, end: int | None = None) -> str:
     """A whole noun phrase as it reads elsewhere in the sentence.
 
     Headline captions start with bare nouns ("Man riding a bike"); moved mid-sentence a bare
     singular noun needs an article ("a bike riding a man"), which the a/an fix then adjusts.
     """
-    text = span_words(toks, p.start, p.end)
+    text = span_words(toks, p.start, p.end if end is None else end)
     first = toks[p.start]
     if (
         p.start == 0
@@ -98,9 +108,12 @@ def relation_swap(parsed: ParsedCaption, res: Resources) -> list[Edit]:
         if link.kind == "conj":
             continue  # coordination is not a relation: "a cat and a dog" means the same reversed
         a, b = parsed.phrases[link.a], parsed.phrases[link.b]
+        a_end, b_end = _with_complement(parsed, a), _with_complement(parsed, b)
+        if a_end > b.start:
+            continue  # b is inside a's "of" complement: not two separate objects
         reps = [
-            Replacement(a.start, a.end, _moved_phrase(toks, b)),
-            Replacement(b.start, b.end, _moved_phrase(toks, a)),
+            Replacement(a.start, a_end, _moved_phrase(toks, b, b_end)),
+            Replacement(b.start, b_end, _moved_phrase(toks, a, a_end)),
         ]
         reps += _subject_agreement(toks, parsed.children, a, b.plural)
         edits.append(
@@ -196,6 +209,8 @@ def object_swap(parsed: ParsedCaption, res: Resources) -> list[Edit]:
         na, nb = toks[a.noun], toks[b.noun]
         if na.pos == "PROPN" or nb.pos == "PROPN":
             continue  # names are not object categories
+        if part_of(toks, a, b):
+            continue  # "a bouquet of flowers" -> "a flower of bouquets" is word salad
         la = (na.lemma or singularize(na.text)).lower()
         lb = (nb.lemma or singularize(nb.text)).lower()
         # each slot keeps its own number: "two dogs and a cat" -> "two cats and a dog"
