@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import string
 import zlib
-from typing import Callable, Iterable
+from typing import Callable, Collection, Iterable
 
 from .records import Candidate, Edit, RejectCounts
 
@@ -24,6 +24,11 @@ def normalize(text: str) -> str:
     return " ".join(["a" if w == "an" else w for w in words])
 
 
+def group_keys(captions: Iterable[str]) -> frozenset[str]:
+    """Comparison keys of the captions of one image, for the same-image filter."""
+    return frozenset(normalize(c) for c in captions)
+
+
 def _seeded_key(seed: int, caption_id: str, family: str, edit: Edit) -> int:
     """A tie-breaking key that depends only on the seed, the caption and the edit itself."""
     spans = ";".join([f"{r.start}:{r.end}:{r.text}" for r in edit.replacements])
@@ -35,12 +40,15 @@ def select(
     caption: str,
     edits: Iterable[Edit],
     realizer: Callable[[Edit], Candidate | None],
-    group_captions: Iterable[str],
+    group_keys: Collection[str],
     k: int,
     seed: int,
     rejects: RejectCounts,
 ) -> dict[str, list[Candidate]]:
     """Filter and choose at most ``k`` candidates per family.
+
+    ``group_keys`` are the :func:`normalize`-d captions of the positive's image (see
+    :func:`group_keys`), computed once per image rather than once per caption.
 
     Edits are examined in a seeded order (lower ``priority`` first) and realised only when
     examined, until ``k`` survive; the rest are counted as ``over_k``. The checks, first match
@@ -49,7 +57,7 @@ def select(
     candidates are returned in the order the rule generated them.
     """
     positive = normalize(caption)
-    same_image = {normalize(c) for c in group_captions} - {positive}
+    same_image = group_keys
     by_family: dict[str, list[Edit]] = {}
     for e in edits:
         by_family.setdefault(e.family, []).append(e)
@@ -77,7 +85,7 @@ def select(
                     reason = "rule_error"
                 elif key == positive:
                     reason = "identity"
-                elif key in same_image:
+                elif key in same_image:  # (the positive's own key is caught just above)
                     reason = "same_image"
                 elif key in seen:
                     reason = "duplicate"

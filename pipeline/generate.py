@@ -18,14 +18,14 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Collection
 
 from tqdm import tqdm
 
 from . import __version__
 from .config import GenerateConfig, config_hash
 from .families import ParsedCaption, Resources, available_families, get_family
-from .filters import select
+from .filters import group_keys, select
 from .manifest import build_manifest, manifest_path
 from .nlp import load_nlp, model_info, model_version, parse, resolve_model
 from .realize import realize
@@ -65,14 +65,17 @@ class ShardStats:
 def negatives_for(
     parsed: ParsedCaption,
     record: CaptionRecord,
-    group_captions: Iterable[str],
+    group: Collection[str],
     families: list[str],
     k: int,
     seed: int,
     resources: Resources,
     rejects: RejectCounts,
 ) -> tuple[dict[str, list[Candidate]], dict[str, int]]:
-    """Every family's kept candidates for one parsed caption, and how many edits each proposed."""
+    """Every family's kept candidates for one parsed caption, and how many edits each proposed.
+
+    ``group`` holds the comparison keys of the captions of the same image (``filters.group_keys``).
+    """
     edits: list[Edit] = []
     generated: dict[str, int] = {}
     for fam in families:
@@ -92,7 +95,7 @@ def negatives_for(
             log.debug("realisation error in %s on %r", edit.rule, record.caption, exc_info=True)
             return None
 
-    kept = select(record.id, record.caption, edits, realizer, group_captions, k, seed, rejects)
+    kept = select(record.id, record.caption, edits, realizer, group, k, seed, rejects)
     return kept, generated
 
 
@@ -115,9 +118,10 @@ def _init_worker(cfg: GenerateConfig, resources: Resources) -> None:
 
 def _run_shard(task: ShardTask) -> tuple[int, ShardStats, dict[str, Any]]:
     nlp, cfg, resources = _WORKER["nlp"], _WORKER["cfg"], _WORKER["resources"]
-    groups: dict[str, list[str]] = {}
+    captions: dict[str, list[str]] = {}
     for r in task.records:
-        groups.setdefault(r.group, []).append(r.caption)
+        captions.setdefault(r.group, []).append(r.caption)
+    groups = {g: group_keys(caps) for g, caps in captions.items()}
     stats = ShardStats(rows=len(task.records), spacy=_WORKER["model_info"])
     rejects = RejectCounts()
     builder = ShardBuilder()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pipeline.families import Resources
-from pipeline.filters import normalize, select
+from pipeline.filters import group_keys, normalize, select
 from pipeline.generate import negatives_for
 from pipeline.records import Candidate, CaptionRecord, Edit, RejectCounts, Replacement
 
@@ -11,7 +11,9 @@ from pipeline.records import Candidate, CaptionRecord, Edit, RejectCounts, Repla
 def run(parsed, caption, families, group=(), k=3, seed=0):
     rec = CaptionRecord("c1", caption, "img.jpg", "test", "val", "img.jpg")
     rejects = RejectCounts()
-    kept, generated = negatives_for(parsed(caption), rec, [caption, *group], families, k, seed, Resources(), rejects)
+    kept, generated = negatives_for(
+        parsed(caption), rec, group_keys([caption, *group]), families, k, seed, Resources(), rejects
+    )
     return {f: [c.text for c in cs] for f, cs in kept.items()}, rejects.counts
 
 
@@ -52,7 +54,7 @@ def test_identity_and_duplicate():
         return Candidate(texts[edits.index(e)], e.family, e.rule, (), ())
 
     rejects = RejectCounts()
-    kept = select("id", caption, edits, realizer, [caption], 3, 0, rejects)
+    kept = select("id", caption, edits, realizer, group_keys([caption]), 3, 0, rejects)
     # the two spellings are one negative: whichever the seeded order examines first is kept
     assert [normalize(c.text) for c in kept["object_swap"]] == ["a horse rides a horse"]
     assert rejects.counts == {"object_swap": {"identity": 1, "duplicate": 1}}
