@@ -22,6 +22,8 @@ _COMMAND_MODULES = (
     "pipeline.report",
     "pipeline.publish",
     "trainer.cli",
+    "trainer.curves",
+    "trainer.compare",
 )
 
 
@@ -61,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         log.error("config error: %s", e)
         return 2
     except HardnegError as e:
+        log.error("%s", e)
+        return 1
+    except OSError as e:  # a path that is missing, a folder where a file is expected, a full disk
         log.error("%s", e)
         return 1
     except KeyboardInterrupt:

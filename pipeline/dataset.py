@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from .errors import HardnegError
 from .schema import CAPTION, FAMILY_COLUMNS, ID, IMAGE, check_version, read_meta
-from .shards import list_shards, write_json_atomic
+from .shards import atomic_path, list_shards, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,10 @@ def open_shards(dataset_dir: str | Path) -> dict[str, list[Path]]:
         raise HardnegError(f"no shards under {dataset_dir} (expected <dir>/<split>/*.parquet)")
     for files in shards.values():
         for f in files:
-            check_version(read_meta(pq.read_schema(f)))
+            try:
+                check_version(read_meta(pq.read_schema(f)))
+            except (ValueError, OSError) as e:  # a foreign or damaged Parquet file
+                raise HardnegError(f"{f}: {e}") from e
     return shards
 
 
@@ -70,13 +73,16 @@ def summarize(dataset_dir: str | Path, examples: int = 3, seed: int = 0) -> dict
 
 
 def export_jsonl(dataset_dir: str | Path, out_path: str | Path, families: list[str] | None = None) -> int:
-    """Write one ``{"id", "image", "caption", "negatives": {family: [...]}}`` per line, atomically."""
+    """Write one ``{"id", "image", "caption", "negatives": {family: [...]}}`` per line, atomically.
+
+    ``image`` is the image path; embedded image bytes are not exported (JSONL holds text only).
+    """
     fams = families or list(FAMILY_COLUMNS)
-    out_path = Path(out_path)
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    unknown = [f for f in fams if f not in FAMILY_COLUMNS]
+    if unknown:
+        raise HardnegError(f"unknown families {unknown}; known: {list(FAMILY_COLUMNS)}")
     n = 0
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_path(out_path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for row in iter_rows(dataset_dir, [ID, IMAGE, CAPTION, *fams]):
             img = row[IMAGE] or {}
             rec = {
@@ -87,7 +93,6 @@ def export_jsonl(dataset_dir: str | Path, out_path: str | Path, families: list[s
             }
             fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
             n += 1
-    tmp.replace(out_path)
     return n
 
 

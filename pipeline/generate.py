@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .config import GenerateConfig, config_hash
+from .errors import ConfigError
 from .families import ParsedCaption, Resources, available_families, get_family
 from .filters import group_keys, select
 from .manifest import build_manifest, manifest_path
@@ -31,7 +32,7 @@ from .nlp import load_nlp, model_info, model_version, parse, resolve_model
 from .realize import realize
 from .records import Candidate, CaptionRecord, Edit, RejectCounts, Skip
 from .schema import SCHEMA_VERSION, ShardBuilder, arrow_schema
-from .shards import list_shards, shard_meta, write_json_atomic, write_table_atomic
+from .shards import shard_meta, write_json_atomic, write_table_atomic
 from .sources import fingerprint, iter_source, source_name
 
 log = logging.getLogger(__name__)
@@ -195,7 +196,7 @@ def plan_shards(records: list[CaptionRecord], shard_size: int) -> list[tuple[str
 
 def run_identity(cfg: GenerateConfig, input_fp: str, model: str) -> dict[str, Any]:
     """Everything that decides the shard contents; its hash names the run."""
-    return {
+    identity = {
         "config": cfg.data_dict(),
         "schema_version": SCHEMA_VERSION,
         "hardneg_version": __version__,
@@ -203,6 +204,12 @@ def run_identity(cfg: GenerateConfig, input_fp: str, model: str) -> dict[str, An
         "spacy_model": model,
         "spacy_model_version": model_version(model),
     }
+    if cfg.use_wordnet and any(f.endswith("_replace") for f in cfg.families):
+        from .lexicon import wordnet_available
+
+        # installing or removing WordNet changes the replace families' output
+        identity["wordnet"] = wordnet_available()
+    return identity
 
 
 def generate(cfg: GenerateConfig) -> dict[str, Any]:
@@ -210,8 +217,6 @@ def generate(cfg: GenerateConfig) -> dict[str, Any]:
     cfg.validate()
     missing = [f for f in cfg.families if f not in available_families()]
     if missing:
-        from .errors import ConfigError
-
         raise ConfigError(f"families {missing} are not implemented yet; available: {available_families()}")
     t_start = time.perf_counter()
     model = resolve_model(cfg.parse)
@@ -222,11 +227,14 @@ def generate(cfg: GenerateConfig) -> dict[str, Any]:
     mpath = manifest_path(cfg)
 
     state = _read_state(out)
-    if state.get("config_hash") == run_hash and mpath.exists() and _outputs_intact(out, state):
+    current = _current_manifest(out, state, run_hash)
+    if current is not None:
         log.info("%s is up to date (config %s); nothing to do", out, run_hash[:12])
-        import json
-
-        return json.loads(mpath.read_text(encoding="utf-8"))
+        if _read_json(mpath).get("config_hash") != run_hash or current.get("output_dir") != str(cfg.out):
+            current["output_dir"] = str(cfg.out)
+            write_json_atomic(current, mpath)  # manifests/<name>.json went stale or missing
+        return current
+    _check_source_outside(cfg, out)
 
     t0 = time.perf_counter()
     records, skipped, skip_examples = read_records(cfg)
@@ -235,6 +243,7 @@ def generate(cfg: GenerateConfig) -> dict[str, Any]:
 
     work = out / f".partial-{run_hash[:12]}"
     plan = plan_shards(records, cfg.shard_size)
+    _check_foreign_splits(out, {split for split, _ in plan}, state)
     resources = build_resources(cfg, records)
     meta = {"config_hash": run_hash, "families": list(cfg.families), "hardneg_version": __version__}
     tasks = []
@@ -257,7 +266,7 @@ def generate(cfg: GenerateConfig) -> dict[str, Any]:
     _run_tasks(cfg, resources, tasks, done)
     generate_seconds = time.perf_counter() - t1
 
-    shards = _publish(out, work, plan, done, run_hash)
+    shards = _publish(out, work, plan, done, run_hash, state)
     manifest = build_manifest(
         cfg=cfg,
         identity=identity,
@@ -303,11 +312,17 @@ def _run_tasks(
     bar = tqdm(total=total, desc="generate", unit=" captions", smoothing=0.1)
     try:
         if cfg.workers == 1:
+            thresholds = gc.get_threshold()
             _init_worker(cfg, resources)
-            for task in tasks:
-                i, stats, info = _run_shard(task)
-                done[i] = (stats, info)
-                bar.update(stats.rows)
+            try:
+                for task in tasks:
+                    i, stats, info = _run_shard(task)
+                    done[i] = (stats, info)
+                    bar.update(stats.rows)
+            finally:  # leave the caller's process as it was (GC settings, no model held)
+                _WORKER.clear()
+                gc.unfreeze()
+                gc.set_threshold(*thresholds)
         else:
             ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
             with ctx.Pool(cfg.workers, initializer=_init_worker, initargs=(cfg, resources)) as pool:
@@ -345,21 +360,25 @@ def _publish(
     plan: list[tuple[str, list[CaptionRecord]]],
     done: dict[int, tuple[ShardStats, dict[str, Any]]],
     run_hash: str,
+    state: dict[str, Any],
 ) -> list[dict[str, Any]]:
-    """Move the finished shards from the work folder into ``out``, replacing an older output."""
+    """Move the finished shards from the work folder into ``out``, replacing an older output.
+
+    Only split folders that an earlier run recorded in the state file are replaced (moved aside
+    first, deleted last); folders hardneg did not write are never touched.
+    """
     out.mkdir(parents=True, exist_ok=True)
     splits = sorted({split for split, _ in plan})
-    # remove an older run's splits (and any split no longer produced) before moving the new ones in
-    for old in list_shards(out):
-        shutil.rmtree(out / old)
+    old_dir = work / ".replaced"
+    for old in sorted(_state_splits(state)):
+        if (out / old).is_dir():
+            old_dir.mkdir(parents=True, exist_ok=True)
+            os.replace(out / old, old_dir / old)
     for split in splits:
         dest = out / split
         dest.mkdir(parents=True, exist_ok=True)
         for f in (work / split).glob("*.parquet"):
             os.replace(f, dest / f.name)
-    shutil.rmtree(work, ignore_errors=True)
-    for stale in out.glob(".partial-*"):  # unfinished runs of other configs
-        shutil.rmtree(stale, ignore_errors=True)
     index_in_split: Counter = Counter()
     shards = []
     for i, (split, _) in enumerate(plan):
@@ -375,16 +394,56 @@ def _publish(
             }
         )
     write_json_atomic({"config_hash": run_hash, "shards": shards}, out / STATE_FILE)
+    shutil.rmtree(work, ignore_errors=True)
+    for stale in out.glob(".partial-*"):  # unfinished runs of other configs
+        shutil.rmtree(stale, ignore_errors=True)
     return shards
 
 
-def _read_state(out: Path) -> dict[str, Any]:
+def _read_json(path: Path) -> dict[str, Any]:
     import json
 
     try:
-        return json.loads((out / STATE_FILE).read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+
+
+def _read_state(out: Path) -> dict[str, Any]:
+    return _read_json(out / STATE_FILE)
+
+
+def _state_splits(state: dict[str, Any]) -> set[str]:
+    return {s["split"] for s in state.get("shards", [])}
+
+
+def _current_manifest(out: Path, state: dict[str, Any], run_hash: str) -> dict[str, Any] | None:
+    """The manifest of a completed run of this very config in ``out``, or None."""
+    if state.get("config_hash") != run_hash or not _outputs_intact(out, state):
+        return None
+    manifest = _read_json(out / "manifest.json")
+    return manifest if manifest.get("config_hash") == run_hash else None
+
+
+def _check_source_outside(cfg: GenerateConfig, out: Path) -> None:
+    """Refuse an output folder that holds the input: replacing outputs must never touch it."""
+    src = Path(cfg.source.path)
+    if not src.exists():
+        return
+    src, dest = src.resolve(), out.resolve()
+    if src == dest or dest in src.parents:
+        raise ConfigError(f"output folder {out} contains the input {cfg.source.path}; choose another --out")
+
+
+def _check_foreign_splits(out: Path, splits: set[str], state: dict[str, Any]) -> None:
+    """Refuse to replace split folders that no earlier hardneg run recorded as its own."""
+    ours = _state_splits(state)
+    foreign = sorted(s for s in splits if (out / s).exists() and s not in ours)
+    if foreign:
+        raise ConfigError(
+            f"{out} already has {', '.join(foreign)} folder(s) that hardneg did not write "
+            f"(no record in {STATE_FILE}); choose another --out or remove them"
+        )
 
 
 def _outputs_intact(out: Path, state: dict[str, Any]) -> bool:

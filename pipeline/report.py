@@ -19,9 +19,7 @@ import argparse
 import io
 import json
 import logging
-import os
 import random
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +28,7 @@ from typing import Any, Callable
 from .blind import BlindCheck, BlindConfig, BlindResult, PairScore
 from .config import apply_overrides, from_dict, load_yaml_section
 from .errors import ConfigError, HardnegError
+from .shards import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -213,21 +212,6 @@ def build_report(dataset_dir: str | Path, out_dir: str | Path | None = None, cfg
     write_bytes_atomic(md.encode("utf-8"), out / REPORT_MD)
     log.info("wrote %s, %s and %d plots to %s", REPORT_JSON, REPORT_MD, len(plots), out)
     return report
-
-
-def write_bytes_atomic(data: bytes, path: Path) -> None:
-    """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it owner-only; the report is an ordinary file
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- plots

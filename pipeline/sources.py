@@ -616,7 +616,9 @@ def _read_delimited(cfg: SourceConfig, name: str) -> Iterator[Item]:
     except OSError as e:
         raise SourceError(f"cannot read {path}: {e}") from e
     with f:
-        reader = csv.reader(f, delimiter=delimiter)
+        # open_clip/CC3M TSVs are not quoted: a caption may start with a '"' that must not
+        # swallow the following lines; CSV keeps standard quoting
+        reader = csv.reader(f, delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL)
         try:
             header = next(reader, None)
             if header is None:
@@ -676,8 +678,12 @@ def _read_parquet(cfg: SourceConfig, name: str) -> Iterator[Item]:
         found = pf.schema_arrow.names
         image_col, caption_col = _resolve_columns(cfg, found, fname)
         columns = [image_col, caption_col] + ([cfg.id_column] if cfg.id_column else [])
-        split = _default_split(cfg, fname if root.is_dir() else cfg.path)
-        stem = file.stem
+        # a file in a split folder (<root>/test/part-0.parquet, hardneg's own layout) takes the
+        # folder's split; ids carry the relative path so equal file names in two folders differ
+        rel = file.relative_to(root) if root.is_dir() else Path(file.name)
+        folder_split = _split_from_name(rel.parent.name) if rel.parent.name else None
+        split = cfg.split or folder_split or _default_split(cfg, fname if root.is_dir() else cfg.path)
+        stem = rel.with_suffix("").as_posix()
         row = 0
         for batch in pf.iter_batches(batch_size=1024, columns=list(dict.fromkeys(columns))):
             caps = _text_values(batch.column(caption_col))

@@ -12,7 +12,7 @@ import pytest
 from pipeline import generate as gen_mod
 from pipeline.cli import main
 from pipeline.config import GenerateConfig, SourceConfig
-from pipeline.errors import SourceError
+from pipeline.errors import ConfigError, SourceError
 from pipeline.generate import generate
 from pipeline.schema import FAMILY_COLUMNS, SCHEMA_VERSION, read_meta
 from pipeline.shards import sha256_file
@@ -179,9 +179,7 @@ def test_bad_rows_are_counted_not_fatal(tmp_path):
     assert m["rows"] == 2
     assert m["skipped"] == {"empty": 2, "invalid_utf8": 1, "no_image": 2, "not_string": 2, "too_long": 1}
     assert m["skipped_total"] == 8
-    assert "invalid_utf8: tests/fixtures/bad_rows.jsonl:10" in [e.replace(str(FIXTURES.parent.parent) + "/", "") for e in m["skip_examples"]] or any(
-        e.startswith("invalid_utf8:") and e.endswith("bad_rows.jsonl:10") for e in m["skip_examples"]
-    )
+    assert f"invalid_utf8: {FIXTURES / 'bad_rows.jsonl'}:10" in m["skip_examples"]
 
 
 def test_malformed_file_stops_with_the_file_and_line(tmp_path, caplog):
@@ -223,3 +221,51 @@ def test_unknown_config_key_is_an_error(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text("generate:\n  kk: 2\n")
     assert main(["generate", "--config", str(params), "-i", str(CAPTIONS)]) == 2
+
+
+def test_never_touches_folders_it_did_not_write(tmp_path):
+    out = tmp_path / "out"
+    (out / "val").mkdir(parents=True)
+    (out / "val" / "mine.parquet").write_bytes(b"not hardneg's")
+    (out / "images").mkdir()
+    (out / "images" / "a.parquet").write_bytes(b"also not hardneg's")
+    with pytest.raises(ConfigError, match=r"already has val folder\(s\) that hardneg did not write"):
+        generate(config(tmp_path))
+    assert (out / "val" / "mine.parquet").read_bytes() == b"not hardneg's"
+    # a split of another name is written beside foreign folders, which stay as they were
+    generate(config(tmp_path, source=SourceConfig(path=str(CAPTIONS), split="test")))
+    generate(config(tmp_path, k=1, source=SourceConfig(path=str(CAPTIONS), split="test")))
+    assert (out / "images" / "a.parquet").read_bytes() == b"also not hardneg's"
+    assert (out / "val" / "mine.parquet").exists()
+
+
+def test_refuses_an_output_folder_that_holds_the_input(tmp_path):
+    src = tmp_path / "data" / "captions.jsonl"
+    src.parent.mkdir()
+    shutil.copy(CAPTIONS, src)
+    with pytest.raises(ConfigError, match="contains the input"):
+        generate(config(tmp_path, out="data", source=SourceConfig(path=str(src))))
+    assert src.read_bytes() == CAPTIONS.read_bytes()
+
+
+def test_a_manifest_of_another_output_is_never_taken_for_this_one(tmp_path):
+    a = generate(config(tmp_path, "a"))
+    b = generate(config(tmp_path, "b", k=1))  # same name: manifests/fixture.json now describes b
+    assert json.loads((tmp_path / "manifests" / "fixture.json").read_text())["config_hash"] == b["config_hash"]
+    again = generate(config(tmp_path, "a"))  # a is up to date; its manifest is the one returned
+    assert again["config_hash"] == a["config_hash"] and again["config"]["k"] == 3
+    assert json.loads((tmp_path / "manifests" / "fixture.json").read_text())["config_hash"] == a["config_hash"]
+
+
+def test_cli_reports_user_errors_without_a_traceback(dataset, tmp_path, caplog):
+    tmp, _ = dataset
+    foreign = tmp_path / "foreign" / "train"
+    foreign.mkdir(parents=True)
+    pq.write_table(__import__("pyarrow").table({"x": [1]}), foreign / "a.parquet")
+    assert main(["inspect", str(tmp_path / "foreign")]) == 1
+    assert "not a hardneg shard" in caplog.text
+    assert main(["export", str(tmp / "out"), "--families", "bogus", "-o", str(tmp_path / "x.jsonl")]) == 1
+    assert "unknown families ['bogus']" in caplog.text
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".x.jsonl*"))
+    (tmp_path / "file").write_text("")
+    assert main(["export", str(tmp / "out"), "-o", str(tmp_path / "file" / "x.jsonl")]) == 1

@@ -540,3 +540,32 @@ def test_detect_format_and_source_name(tmp_path: Path) -> None:
                      + json.dumps({"image": "b.jpg", "caption": KNIFE}) + "\n")
     assert detect_format(str(lines)) == "jsonl"
     assert [r.id for r in read(lines)] == ["lines:1", "lines:2"]
+
+
+def test_tsv_quotes_are_text_not_quoting(tmp_path: Path) -> None:
+    p = tmp_path / "cc.tsv"
+    p.write_text(
+        'image\tcaption\nb.jpg\t"Stop" sign on a pole\nc.jpg\t"A dog on a couch\nd.jpg\tA cat on a mat\n',
+        encoding="utf-8",
+    )
+    recs = records(read(p))
+    assert [(r.image_path, r.caption) for r in recs] == [
+        ("b.jpg", '"Stop" sign on a pole'),
+        ("c.jpg", '"A dog on a couch'),
+        ("d.jpg", "A cat on a mat"),
+    ]
+
+
+def test_parquet_split_folders_keep_their_split_and_distinct_ids(tmp_path: Path) -> None:
+    # hardneg's own output layout read back as input: <root>/<split>/part-*.parquet
+    for split, caption in (("train", "A man riding a horse."), ("test", "A dog on a couch.")):
+        (tmp_path / split).mkdir()
+        pq.write_table(
+            pa.table({"image": [f"{split}/1.jpg"], "caption": [caption]}),
+            tmp_path / split / "part-00000-of-00001.parquet",
+        )
+    recs = records(read(tmp_path, format="parquet"))
+    assert sorted((r.split, r.id, r.caption) for r in recs) == [
+        ("test", "test/part-00000-of-00001:0", "A dog on a couch."),
+        ("train", "train/part-00000-of-00001:0", "A man riding a horse."),
+    ]

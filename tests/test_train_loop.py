@@ -50,7 +50,7 @@ def run_cfg(ds: Path, out: Path, **over) -> dict:
         "progress": False,
     }
     for k, v in over.items():
-        cfg[k] = {**cfg[k], **v} if isinstance(v, dict) else v
+        cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
     return cfg
 
 
@@ -308,3 +308,24 @@ def test_corrupt_images_are_counted_and_empty_batches_skipped(tmp_path):
     assert res["samples_seen"] == 8
     assert res["steps"] == sum(1 for n in sizes if n > 0)
     assert res["epoch"] == 1
+
+
+def test_auto_resume_refuses_a_run_with_other_settings(ds, tmp_path):
+    out = tmp_path / "run"
+    train(run_cfg(ds, out, optim={"lr": 1e-3, "warmup_steps": 3, "max_steps": 4}))
+    with pytest.raises(ConfigError, match=r"other settings \(loss.imc, optim.lr\)"):
+        train(run_cfg(ds, out, optim={"lr": 5e-2, "warmup_steps": 3, "max_steps": 4}, loss={"imc": False}))
+    # settings that do not change the result (workers, logging, checkpoint cadence) may differ
+    res = train(run_cfg(ds, out, data={"paths": [str(ds)], "families": FAMILIES, "batch_size": 8, "workers": 0,
+                                       "shuffle_buffer": 24}, checkpoint_every=2,
+                        optim={"lr": 1e-3, "warmup_steps": 3, "max_steps": 4}))
+    assert res["steps"] == 4  # resumed at the end: nothing left to do
+
+
+def test_starting_over_sets_the_old_checkpoints_aside(ds, tmp_path):
+    out = tmp_path / "run"
+    train(run_cfg(ds, out, optim={"lr": 1e-3, "warmup_steps": 3, "max_steps": 10}))
+    old = sorted(p.name for p in (out / "checkpoints").iterdir())
+    train(run_cfg(ds, out, resume="none", optim={"lr": 1e-3, "warmup_steps": 3, "max_steps": 3}))
+    assert sorted(p.name for p in (out / "checkpoints.old-1").iterdir()) == old
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", "step_00000003.pt"]

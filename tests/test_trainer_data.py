@@ -284,3 +284,17 @@ def test_captions_of_one_image_are_kept_out_of_one_batch(tmp_path):
     plain = epoch_ids(stream(index, batch_size=6, shuffle_buffer=20, spread_groups=False), 0)
     assert sum(clashes(plain)[:-2]) > 8
     assert epoch_ids(stream(index, batch_size=6, shuffle_buffer=20), 0, workers=2) == spread
+
+
+def test_many_shards_do_not_exhaust_file_handles(tmp_path):
+    import resource
+
+    ds = shapes_dataset(tmp_path, 200, shards=100, row_group_size=2)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(64, hard), hard))
+    try:
+        index = ShardIndex.from_paths([str(ds)])
+        assert len(index.files) == 100
+        assert sum(1 for _ in index.iter_rows(["id"])) == 200
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -12,7 +12,6 @@ import logging
 import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import ConfigError
+from pipeline.shards import atomic_path, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -63,24 +63,27 @@ def save(output_dir: str | Path, step: int, state: dict[str, Any], keep: int = 2
     d = checkpoint_dir(output_dir)
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"step_{step:08d}.pt"
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=LATEST, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(path.name + "\n")
-    os.replace(tmp, d / LATEST)
+    write_bytes_atomic((path.name + "\n").encode("utf-8"), d / LATEST)
     steps = sorted((int(m.group(1)), p) for p in d.iterdir() if (m := _STEP_FILE.match(p.name)))
     for _, old in steps[:-keep]:
         if old != path:
             old.unlink(missing_ok=True)
     return path
+
+
+def set_aside_stale(output_dir: str | Path) -> Path | None:
+    """Move an earlier run's checkpoints out of the way of a fresh run (kept, not deleted)."""
+    d = checkpoint_dir(output_dir)
+    if not d.is_dir() or not any(d.iterdir()):
+        return None
+    n = 1
+    while (aside := d.with_name(f"checkpoints.old-{n}")).exists():
+        n += 1
+    os.replace(d, aside)
+    log.warning("starting over: moved the earlier run's checkpoints to %s", aside)
+    return aside
 
 
 def find_resume(output_dir: str | Path, resume: str) -> Path | None:

@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import random
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -47,6 +48,8 @@ from pipeline.errors import ConfigError, SourceError
 log = logging.getLogger(__name__)
 
 SKIP_REASONS = ("missing", "corrupt", "no_image")
+#: shard files kept open at once per process (datasets can have thousands of shards)
+MAX_OPEN = 32
 #: folder of Parquet files in a published dataset (``data/<split>-XXXXX-of-YYYYY.parquet``)
 PUBLISHED_DIR = "data"
 
@@ -157,18 +160,25 @@ class ShardIndex:
         self.filesystems = state["filesystems"]
 
     def open(self, i: int) -> pq.ParquetFile:
+        """An open handle on shard ``i``; at most ``MAX_OPEN`` stay open per process (LRU)."""
         # handles are per process: a forked loader worker must not share the parent's file objects
         if self.__dict__.get("_pid") != os.getpid():
-            self.__dict__["_open"] = {}
+            self.__dict__["_open"] = OrderedDict()
             self.__dict__["_pid"] = os.getpid()
-        cache = self.__dict__["_open"]
-        if i not in cache:
-            sf = self.files[i]
-            if sf.fs < 0:
-                cache[i] = pq.ParquetFile(sf.path)
-            else:
-                cache[i] = pq.ParquetFile(self.filesystems[sf.fs].open(sf.path, "rb"))
-        return cache[i]
+        cache: OrderedDict[int, pq.ParquetFile] = self.__dict__["_open"]
+        if i in cache:
+            cache.move_to_end(i)
+            return cache[i]
+        sf = self.files[i]
+        if sf.fs < 0:
+            handle = pq.ParquetFile(sf.path)
+        else:
+            handle = pq.ParquetFile(self.filesystems[sf.fs].open(sf.path, "rb"))
+        cache[i] = handle
+        while len(cache) > MAX_OPEN:
+            _, old = cache.popitem(last=False)
+            old.close()
+        return handle
 
     @property
     def units(self) -> list[tuple[int, int, int]]:

@@ -43,11 +43,19 @@ import torch.utils.data as tud
 
 from pipeline import schema
 from pipeline.config import ALL_FAMILIES, to_dict
-from pipeline.shards import write_json_atomic
 from pipeline.errors import SourceError
+from pipeline.shards import write_json_atomic
 
 from .config import EvalConfig, eval_config
-from .data import ImageSkip, ImageSpec, ShardIndex, decode_image, images_to_tensor, normalize_images, open_image
+from .data import (
+    ImageSkip,
+    ImageSpec,
+    ShardIndex,
+    decode_image,
+    images_to_tensor,
+    normalize_images,
+    open_image,
+)
 from .distributed import DistInfo
 from .loop import amp_dtype, resolve_device
 from .models import build_model
@@ -165,16 +173,19 @@ def load_karpathy(path: str | Path, limit: int | None = None) -> tuple[list[str]
     images: list[str] = []
     captions: list[str] = []
     owner: list[int] = []
-    if isinstance(data, dict) and "images" in data:
-        entries = [
-            (os.path.join(e.get("filepath", ""), e["filename"]), [s["raw"] for s in e["sentences"]])
-            for e in data["images"]
-            if e.get("split") == "test"
-        ]
-    elif isinstance(data, list):
-        entries = [(e["image"], e["caption"] if isinstance(e["caption"], list) else [e["caption"]]) for e in data]
-    else:
-        raise SourceError(f"{path}: neither a Karpathy dataset_coco.json nor a list of {{image, caption}}")
+    try:
+        if isinstance(data, dict) and "images" in data:
+            entries = [
+                (os.path.join(e.get("filepath", ""), e["filename"]), [s["raw"] for s in e["sentences"]])
+                for e in data["images"]
+                if e.get("split") == "test"
+            ]
+        elif isinstance(data, list):
+            entries = [(e["image"], e["caption"] if isinstance(e["caption"], list) else [e["caption"]]) for e in data]
+        else:
+            raise SourceError(f"{path}: neither a Karpathy dataset_coco.json nor a list of {{image, caption}}")
+    except (KeyError, TypeError) as err:
+        raise SourceError(f"{path}: missing or bad Karpathy field ({err!r})") from err
     for img, caps in entries[:limit] if limit else entries:
         images.append(img)
         for c in caps:

@@ -18,8 +18,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 from pipeline.config import config_hash, to_dict
-from pipeline.shards import write_json_atomic
 from pipeline.errors import ConfigError
+from pipeline.shards import write_json_atomic
 
 from . import checkpoint as ckpt
 from .config import LossConfig, TrainConfig, train_config
@@ -83,6 +83,30 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
         return torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), fused=True, **kwargs)
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), **kwargs)
+
+
+#: settings that do not change what a run computes: a resume may differ in these
+_RUN_ONLY = frozenset(
+    {"output_dir", "resume", "progress", "tensorboard", "log_every", "checkpoint_every", "keep_checkpoints",
+     "data.workers"}
+)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _changed_settings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Dotted names of result-affecting settings that differ between a checkpoint and this run."""
+    a, b = _flatten(old), _flatten(new)
+    return sorted(k for k in set(a) | set(b) if k not in _RUN_ONLY and a.get(k) != b.get(k))
 
 
 def lr_lambda(warmup: int, total: int, schedule: str) -> Callable[[int], float]:
@@ -237,8 +261,18 @@ def _train(cfg: TrainConfig, info: DistInfo, callbacks: Sequence[Callable[[dict[
     skipped = dict.fromkeys(SKIP_KEYS, 0)
     thresholds: dict[str, float | None] = {f: None for f in families}
     resume_path = ckpt.find_resume(out_dir, cfg.resume)
+    if resume_path is None and info.is_main:
+        ckpt.set_aside_stale(out_dir)  # a fresh run must not keep (or later prune into) an old run's files
     if resume_path is not None:
         state = ckpt.load(resume_path)
+        changed = _changed_settings(state.get("config", {}), to_dict(cfg))
+        if changed and cfg.resume == "auto":
+            raise ConfigError(
+                f"{out_dir} holds a checkpoint of a run with other settings ({', '.join(changed)}); "
+                "use another output_dir, --resume none to start over, or --resume PATH to continue from it"
+            )
+        if changed:
+            log.warning("continuing from %s with changed settings: %s", resume_path, ", ".join(changed))
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ConfigError, ModelError
+from pipeline.shards import atomic_path, write_bytes_atomic
 
 from .config import ModelConfig
 
@@ -100,19 +99,6 @@ def build_model(cfg: ModelConfig, device: Any = "cpu") -> BuiltModel:
     return BuiltModel(model, tokenizer, name, preprocess, open_clip.get_model_config(name))
 
 
-def _atomic_bytes(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_weights(model: Any, out_dir: str | Path, model_cfg: dict[str, Any] | None, preprocess: dict[str, Any]) -> Path:
     """Write weights open_clip loads two ways.
 
@@ -124,9 +110,10 @@ def save_weights(model: Any, out_dir: str | Path, model_cfg: dict[str, Any] | No
     out = Path(out_dir)
     weights = out / WEIGHTS_NAME
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    _atomic_bytes(weights, lambda tmp: torch.save(state, tmp))
+    with atomic_path(weights) as tmp:
+        torch.save(state, tmp)
     if model_cfg is not None:
         pp = {k: list(v) if isinstance(v, tuple) else v for k, v in preprocess.items()}
         blob = json.dumps({"model_cfg": model_cfg, "preprocess_cfg": pp}, indent=2)
-        _atomic_bytes(out / CONFIG_NAME, lambda tmp: Path(tmp).write_text(blob, encoding="utf-8"))
+        write_bytes_atomic(blob.encode("utf-8"), out / CONFIG_NAME)
     return weights

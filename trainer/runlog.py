@@ -10,10 +10,10 @@ import csv
 import json
 import logging
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
+
+from pipeline.shards import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +85,7 @@ class RunLog:
                             keep.append(line)
                     except (ValueError, KeyError):
                         continue
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-                f.writelines(keep)
-            os.replace(tmp, path)
+            write_bytes_atomic("".join(keep).encode("utf-8"), path)
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
