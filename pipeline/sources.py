@@ -689,16 +689,24 @@ def _read_parquet(cfg: SourceConfig, name: str) -> Iterator[Item]:
             caps = _text_values(batch.column(caption_col))
             imgs = _text_values(batch.column(image_col))
             ids = batch.column(cfg.id_column).to_pylist() if cfg.id_column else None
-            for j, (cap, img) in enumerate(zip(caps, imgs)):
-                where = f"{fname}:record {row}"
-                if ids is not None:
-                    if ids[j] is None:
-                        raise SourceError(f"{where}: null {cfg.id_column!r}")
-                    base = str(ids[j])
-                else:
-                    base = f"{stem}:{row}"
-                yield from _emit(cap, img, id_base=base, where=where, source=name, split=split)
-                row += 1
+            yield from _emit_columns(caps, imgs, ids, row, fname, stem, cfg.id_column, name, split)
+            row += len(caps)
+
+
+def _emit_columns(
+    caps: list[Any], imgs: list[Any], ids: list[Any] | None, row: int, label: str, id_prefix: str,
+    id_column: str | None, source: str, split: str,
+) -> Iterator[Item]:
+    """Items of one column batch of a table source; ``row`` is the batch's first row number."""
+    for j, (cap, img) in enumerate(zip(caps, imgs)):
+        where = f"{label}:record {row + j}"
+        if ids is not None:
+            if ids[j] is None:
+                raise SourceError(f"{where}: null {id_column!r}")
+            base = str(ids[j])
+        else:
+            base = f"{id_prefix}:{row + j}"
+        yield from _emit(cap, img, id_base=base, where=where, source=source, split=split)
 
 
 def _is_hf_disk(path: str) -> bool:
@@ -750,16 +758,8 @@ def _read_hf(cfg: SourceConfig, name: str) -> Iterator[Item]:
                 image_col, caption_col = _resolve_columns(cfg, found, label)
             caps, imgs = batch[caption_col], batch[image_col]
             ids = batch[cfg.id_column] if cfg.id_column else None
-            for j, (cap, img) in enumerate(zip(caps, imgs)):
-                where = f"{label}:record {row}"
-                if ids is not None:
-                    if ids[j] is None:
-                        raise SourceError(f"{where}: null {cfg.id_column!r}")
-                    base = str(ids[j])
-                else:
-                    base = f"{hf_split}:{row}"
-                yield from _emit(cap, img, id_base=base, where=where, source=name, split=split)
-                row += 1
+            yield from _emit_columns(caps, imgs, ids, row, label, hf_split, cfg.id_column, name, split)
+            row += len(caps)
 
 
 # --------------------------------------------------------------------------------------------
