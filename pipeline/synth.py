@@ -188,6 +188,17 @@ class SynthConfig:
     png_compress_level: int = 6
     #: batch size for which world.json reports the in-batch collision probabilities
     collision_batch_size: int = 128
+    #: no training image pairs objects so that exchanging their colours or shapes (what attribute and
+    #: object swaps write) names a held-out pair. Otherwise held-out pairs occur in training text only
+    #: inside hard negatives, and a model trained on them learns "held-out pair => false caption",
+    #: which the test (every image holds a held-out pair) punishes: below-chance binding accuracy.
+    swap_safe_train: bool = True
+    #: the words each relation is written with between two noun phrases, one drawn per caption.
+    #: Bare "left of"/"right of" are realistic but the small spaCy model tags "left" as a verb there,
+    #: so stage 1 finds no relation to swap in those captions
+    relation_phrases: dict[str, list[str]] = field(
+        default_factory=lambda: {k: list(v) for k, v in REL_PHRASES.items()}
+    )
 
     def validate(self) -> None:
         if self.image_size < 32:
@@ -215,6 +226,13 @@ class SynthConfig:
             )
         if not self.relations:
             raise ConfigError("relations must name at least one relation")
+        missing = [r for r in self.relations if not self.relation_phrases.get(r)]
+        if missing or not all(
+            isinstance(p, str) and p.strip() for ps in self.relation_phrases.values() for p in ps
+        ):
+            raise ConfigError(
+                f"relation_phrases needs a non-empty list of phrases for every relation; missing {missing}"
+            )
         if not any(t in TEMPLATES_2 for t in self.templates):
             raise ConfigError(f"templates must include a two-object template: {sorted(TEMPLATES_2)}")
         if most == 3:
@@ -327,16 +345,27 @@ def heldout_pairs(cfg: SynthConfig) -> list[tuple[str, str]]:
 
 
 def _pick_pairs(
-    rng: random.Random, n: int, pool: list[tuple[str, str]], forced: tuple[str, str] | None
+    rng: random.Random,
+    n: int,
+    pool: list[tuple[str, str]],
+    forced: tuple[str, str] | None,
+    banned_cross: frozenset[tuple[str, str]] = frozenset(),
 ) -> list[tuple[str, str]]:
-    """n (colour, shape) pairs with distinct colours and shapes; ``forced`` lands in a random slot."""
+    """n (colour, shape) pairs with distinct colours and shapes; ``forced`` lands in a random slot.
+
+    No two pairs may cross into a ``banned_cross`` pair (one's colour with the other's shape).
+    """
     for _ in range(1000):
         pairs: list[tuple[str, str]] = [forced] if forced else []
         tries = 0
         while len(pairs) < n and tries < 100:
             tries += 1
             p = rng.choice(pool)
-            if all(p[0] != q[0] and p[1] != q[1] for q in pairs):
+            if all(
+                p[0] != q[0] and p[1] != q[1]
+                and (p[0], q[1]) not in banned_cross and (q[0], p[1]) not in banned_cross
+                for q in pairs
+            ):
                 pairs.append(p)
         if len(pairs) == n:
             if forced:
@@ -414,13 +443,18 @@ def sample_scene(
     cfg: SynthConfig,
     pool: list[tuple[str, str]],
     forced: list[tuple[str, str]] | None = None,
+    banned_cross: frozenset[tuple[str, str]] = frozenset(),
 ) -> Scene:
-    """One scene; with ``forced`` given, one of its objects is drawn from those pairs."""
+    """One scene; with ``forced`` given, one of its objects is drawn from those pairs.
+
+    ``banned_cross``: (colour, shape) pairs that swapping two objects' colours or shapes must not
+    produce (see ``SynthConfig.swap_safe_train``).
+    """
     if cfg.objects_per_image == 3:
         n = 3
     else:
         n = 3 if cfg.third_object_prob > 0 and rng.random() < cfg.third_object_prob else 2
-    pairs = _pick_pairs(rng, n, pool, rng.choice(forced) if forced else None)
+    pairs = _pick_pairs(rng, n, pool, rng.choice(forced) if forced else None, banned_cross)
     if n == 2:
         triples = [Triple(0, rng.choice(cfg.relations), 1)]
     else:
@@ -501,7 +535,7 @@ def _caption_two(rng: random.Random, scene: Scene, cfg: SynthConfig, template: s
         a, pred, b = t.subject, t.predicate, t.object
         if INVERSE[pred] in cfg.relations and rng.random() < 0.5:
             a, pred, b = b, INVERSE[pred], a
-        fill = {"rel": rng.choice(REL_PHRASES[pred]), "its": ITS_PHRASES[pred]}
+        fill = {"rel": rng.choice(cfg.relation_phrases[pred]), "its": ITS_PHRASES[pred]}
     na, nb = _np(objs[a], sized), _np(objs[b], sized)
     da, db = _desc(objs[a], sized), _desc(objs[b], sized)
     fmt = TEMPLATES_2[template]
@@ -523,8 +557,8 @@ def _caption_three(rng: random.Random, scene: Scene, cfg: SynthConfig, template:
     na, nb, nc = (_np(objs[i], sized) for i in (a, b, c))
     bref = f"the {objs[b].colour} {objs[b].shape}"
     fill = {
-        "rel": rng.choice(REL_PHRASES[t1.predicate]),
-        "rel2": rng.choice(REL_PHRASES[t2.predicate]),
+        "rel": rng.choice(cfg.relation_phrases[t1.predicate]),
+        "rel2": rng.choice(cfg.relation_phrases[t2.predicate]),
         "its": ITS_PHRASES[t1.predicate],
         "its2": ITS_PHRASES[t2.predicate],
         "c": nc,
@@ -678,7 +712,8 @@ def _generate_split(
     for i in tqdm(range(n), desc=f"synth {split}", unit="img", mininterval=1.0, leave=False):
         # one generator per image: image i does not change when n_train or n_test grows
         rng = random.Random(f"{cfg.seed}-{split}-{i}")
-        scene = sample_scene(rng, cfg, pool, forced)
+        banned = frozenset(heldout) if split == "train" and cfg.swap_safe_train else frozenset()
+        scene = sample_scene(rng, cfg, pool, forced, banned)
         caps = make_captions(rng, scene, cfg)
         png = render(scene, cfg)
         rel_path = f"{split}/{i:06d}.png"
@@ -815,6 +850,12 @@ def generate_world(cfg: SynthConfig, out_dir: str | Path) -> dict[str, Any]:
     return summary
 
 
+def cross_pairs(scene: Scene) -> set[tuple[str, str]]:
+    """(colour, shape) pairs made by giving one object of the scene another object's shape."""
+    objs = scene.objects
+    return {(a.colour, b.shape) for a in objs for b in objs if a is not b}
+
+
 def _split_summary(res: _SplitResult, cfg: SynthConfig, held: set[tuple[str, str]]) -> dict[str, Any]:
     n_obj = Counter(len(s.objects) for s in res.scenes)
     pairs = Counter((o.colour, o.shape) for s in res.scenes for o in s.objects)
@@ -826,6 +867,8 @@ def _split_summary(res: _SplitResult, cfg: SynthConfig, held: set[tuple[str, str
         "images_with_heldout_pair": sum(
             any((o.colour, o.shape) in held for o in s.objects) for s in res.scenes
         ),
+        # images where exchanging two objects' colours or shapes names a held-out pair
+        "images_with_heldout_cross_pair": sum(bool(cross_pairs(s) & held) for s in res.scenes),
         "templates": dict(sorted(Counter(c.template for c in res.captions).items())),
         "relations": dict(sorted(Counter(t.predicate for s in res.scenes for t in s.triples).items())),
         "colour_shape_pairs_seen": len(pairs),

@@ -170,17 +170,18 @@ def test_ground_truth_columns_match_pixels(tiny_world: tuple[Path, dict]) -> Non
 
 
 def test_exact_captions_for_seed_zero(tiny_world: tuple[Path, dict]) -> None:
-    # checked by eye on the rendered images: the diamond (x=10) is left of the square (x=36);
-    # the small purple heart (y=27) sits above the large black square (y=50); in image 4 the blue
-    # square (x=15) is left of the orange diamond (x=36), sizes unnamed; image 5 holds an orange
+    # checked by eye on the rendered images: the small orange diamond (x=9) is left of the large red
+    # hexagon (x=40); the large green star (y=22) sits above the small black square (y=48); in image 4
+    # the blue square (x=15) is left of the black circle (x=36), sizes unnamed; image 5 holds an orange
     # cross left of a green heart and a purple triangle above the heart.
     out, _ = tiny_world
     by_id = {r["id"]: r["caption"] for r in _rows(out, "train")}
-    assert by_id["synth-train-000000#0"] == (
-        "a small orange diamond on the left and a small yellow square on the right"
+    assert by_id["synth-train-000000#0"] == "a large red hexagon is to the right of a small orange diamond"
+    assert by_id["synth-train-000001#0"] == "there is a large green star above a small black square"
+    assert by_id["synth-train-000004#0"] == "a black circle right of a blue square"
+    assert by_id["synth-train-000004#1"] == (
+        "a small blue square on the left and a small black circle on the right"
     )
-    assert by_id["synth-train-000001#1"] == "two shapes: a large black square below a small purple heart"
-    assert by_id["synth-train-000004#0"] == "an orange diamond right of a blue square"
     assert by_id["synth-train-000005#0"] == (
         "a small orange cross left of a large green heart, and a large purple triangle above the green heart"
     )
@@ -204,6 +205,29 @@ def test_heldout_pairs_only_in_test(tmp_path: Path) -> None:
     assert {c for c, _ in train_pairs} == set(cfg.colours)
     assert {s for _, s in train_pairs} == set(cfg.shapes)
     assert summary["splits"]["test"]["images_with_heldout_pair"] == 48
+
+
+def test_swaps_of_training_scenes_never_name_a_heldout_pair(tmp_path: Path) -> None:
+    # an attribute or object swap gives one object another's colour or shape: in training, such a
+    # crossed pair must not be held out, or held-out pairs would appear in training text as negatives
+    def crossed(rows: list[dict]) -> set[tuple[str, str]]:
+        return {
+            (a["colour"], b["shape"]) for r in rows for a in r["objects"] for b in r["objects"] if a is not b
+        }
+
+    over = ["n_train=300", "n_test=4"]
+    safe = generate_world(load_config(preset="tiny", overrides=over), tmp_path / "safe")
+    held = {tuple(p) for p in safe["heldout_pairs"]}
+    assert not crossed(_rows(tmp_path / "safe", "train")) & held
+    assert safe["splits"]["train"]["images_with_heldout_cross_pair"] == 0
+    # without the rule the same world does cross into held-out pairs, and the summary counts them
+    loose = generate_world(load_config(preset="tiny", overrides=[*over, "swap_safe_train=false"]), tmp_path / "loose")
+    rows = _rows(tmp_path / "loose", "train")
+    n_cross = len({r["group"] for r in rows if {
+        (a["colour"], b["shape"]) for a in r["objects"] for b in r["objects"] if a is not b} & held})
+    assert n_cross > 0 and loose["splits"]["train"]["images_with_heldout_cross_pair"] == n_cross
+    # test images are drawn as before: they must hold a held-out pair, crossed or not
+    assert safe["splits"]["test"]["images_with_heldout_pair"] == 4
 
 
 def test_heldout_fraction_zero_holds_nothing_out() -> None:
@@ -365,3 +389,20 @@ def test_cli_reads_params_section_and_overrides(tmp_path: Path) -> None:
     assert world["seed"] == 7
     assert (world["splits"]["train"]["images"], world["splits"]["test"]["images"]) == (4, 3)
     assert main(["-q", "synth", "--out", str(out), "--set", "colour=red"]) == 2
+
+
+def test_relation_phrases_setting(tmp_path: Path) -> None:
+    cfg = load_config(preset="tiny", overrides=[
+        "n_train=60", "n_test=2", "templates=[plain,is,two_shapes]", "third_object_prob=0",
+        "relation_phrases.left_of=[to the left of]", "relation_phrases.right_of=[to the right of]",
+    ])
+    generate_world(cfg, tmp_path)
+    rows = _rows(tmp_path, "train")
+    horizontal = [r["caption"] for r in rows if r["relation"] in ("left_of", "right_of")]
+    assert horizontal and all(re.search(r"\bto the (left|right) of\b", c) for c in horizontal)
+    assert not any(re.search(r"(?<!the )\b(left|right) of\b", c) for c in horizontal)
+    for row in rows:  # the phrase still says what the pixels say (read back independently)
+        for subj, rel, obj in read_caption(row["caption"]):
+            assert _holds(_mask_box(_pixels(row), subj[1]), rel, _mask_box(_pixels(row), obj[1])), row["caption"]
+    with pytest.raises(ConfigError, match="relation_phrases"):
+        load_config(overrides=["relation_phrases.above=[]"])
