@@ -50,11 +50,12 @@ def select(
     ``group_keys`` are the :func:`normalize`-d captions of the positive's image (see
     :func:`group_keys`), computed once per image rather than once per caption.
 
-    Edits are examined in a seeded order (lower ``priority`` first) and realised only when
-    examined, until ``k`` survive; the rest are counted as ``over_k``. The checks, first match
-    counted: a symmetric exchange, both items the same word, identity with the positive, identity
-    with another caption of the same image, a duplicate of an earlier kept candidate. Kept
-    candidates are returned in the order the rule generated them.
+    Edits that only exchange a symmetric relation's arguments or two equal words are counted and
+    dropped first. The others are examined in a seeded order (lower ``priority`` first; generation
+    order when there are no more than ``k``) and realised only when examined, until ``k`` survive;
+    the rest are counted as ``over_k``. A realised candidate is dropped when it equals the positive,
+    another caption of the same image, or an earlier kept candidate. Kept candidates are returned in
+    the order the rule generated them.
     """
     positive = normalize(caption)
     same_image = group_keys
@@ -63,27 +64,28 @@ def select(
         by_family.setdefault(e.family, []).append(e)
     kept: dict[str, list[Candidate]] = {}
     for fam, fam_edits in by_family.items():
-        order = sorted(
-            range(len(fam_edits)),
-            key=lambda i: (fam_edits[i].priority, _seeded_key(seed, caption_id, fam, fam_edits[i])),
-        )
+        viable: list[int] = []
+        for i, e in enumerate(fam_edits):  # rejects that need no realisation, all counted
+            if e.symmetric_link:
+                rejects.add(fam, "symmetric")
+            elif e.items[0] and e.items[0] == e.items[1]:
+                rejects.add(fam, "same_word")
+            else:
+                viable.append(i)
+        if len(viable) > k:  # only then does the order decide anything beyond duplicates
+            viable.sort(key=lambda i: (fam_edits[i].priority, _seeded_key(seed, caption_id, fam, fam_edits[i])))
         chosen: list[tuple[int, Candidate]] = []
         seen: set[str] = set()
-        for n, i in enumerate(order):
+        for n, i in enumerate(viable):
             if len(chosen) == k:
-                rejects.add(fam, "over_k", len(order) - n)
+                rejects.add(fam, "over_k", len(viable) - n)
                 break
-            e = fam_edits[i]
-            if e.symmetric_link:
-                reason = "symmetric"
-            elif e.items[0] and e.items[0] == e.items[1]:
-                reason = "same_word"
+            cand = realizer(fam_edits[i])
+            if cand is None:
+                reason = "rule_error"
             else:
-                cand = realizer(e)
-                key = normalize(cand.text) if cand is not None else ""
-                if cand is None:
-                    reason = "rule_error"
-                elif key == positive:
+                key = normalize(cand.text)
+                if key == positive:
                     reason = "identity"
                 elif key in same_image:  # (the positive's own key is caught just above)
                     reason = "same_image"

@@ -205,17 +205,26 @@ def _differing_runs(
 def object_swap(parsed: ParsedCaption, res: Resources) -> list[Edit]:
     toks = parsed.toks
     edits = []
-    for (ia, a), (ib, b) in combinations(enumerate(parsed.phrases), 2):
-        na, nb = toks[a.noun], toks[b.noun]
-        if na.pos == "PROPN" or nb.pos == "PROPN":
+    phrases = parsed.phrases
+    # per phrase, once: its lemma and its name inflected for either number (pairs reuse them)
+    lemmas = [(toks[p.noun].lemma or singularize(toks[p.noun].text)).lower() for p in phrases]
+    names: dict[tuple[int, bool], str] = {}
+
+    def name(i: int, plural: bool) -> str:
+        key = (i, plural)
+        if key not in names:
+            names[key] = _nominal(toks, phrases[i], plural)
+        return names[key]
+
+    for (ia, a), (ib, b) in combinations(enumerate(phrases), 2):
+        if toks[a.noun].pos == "PROPN" or toks[b.noun].pos == "PROPN":
             continue  # names are not object categories
         if part_of(toks, a, b):
             continue  # "a bouquet of flowers" -> "a flower of bouquets" is word salad
-        la = (na.lemma or singularize(na.text)).lower()
-        lb = (nb.lemma or singularize(nb.text)).lower()
+        la, lb = lemmas[ia], lemmas[ib]
         # each slot keeps its own number: "two dogs and a cat" -> "two cats and a dog"
-        ta = _nominal(toks, b, a.plural)
-        tb = _nominal(toks, a, b.plural)
+        ta = name(ib, a.plural)
+        tb = name(ia, b.plural)
         link = _link_between(parsed, ia, ib)
         symmetric = bool(
             link
