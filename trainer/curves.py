@@ -1,0 +1,370 @@
+"""Accuracy-versus-step curves: per-family pairwise accuracy on held-out shards while a model trains.
+
+The final number of a run says where training ended; the curve says when each ability appeared (the
+issue's prototype: plain CLIP flat near 50% on relation swaps for thousands of steps, then a jump).
+The trainer's callbacks see only the step's log record, not the model, so the curve reads what the
+trainer already writes: a checkpoint every ``every`` steps. :class:`CheckpointCurve` notices each new
+checkpoint at the next step, loads its weights into a private copy of the model and scores the
+held-out pairs with them; training itself is untouched (no RNG use, no shared tensors).
+
+``hardneg train-curves`` is ``hardneg train`` plus this callback; ``<output_dir>/curve.csv`` gets one
+row per evaluated step (``step``, one accuracy column per family, ``macro``), ``curve.json`` the same
+with pair counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import ALL_FAMILIES, apply_overrides, from_dict, load_yaml_section
+from pipeline.errors import ConfigError
+
+from .cli import OBJECTIVES
+from .config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+CURVE_CSV = "curve.csv"
+CURVE_JSON = "curve.json"
+_STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
+
+
+@dataclass
+class CurveConfig:
+    """Settings of the accuracy-versus-step curve (the ``curves`` section of params.yaml)."""
+
+    #: evaluate every N optimizer steps (the run's ``checkpoint_every`` is set to this)
+    every: int = 100
+    #: held-out shards (files, globs, dataset dirs); empty = the training ``data.paths``
+    shards: list[str] = field(default_factory=list)
+    split: str = "test"
+    image_root: str | None = None
+    #: families scored; empty = every family that has pairs in the shards
+    families: list[str] = field(default_factory=list)
+    #: score only the first N caption rows (quick curves); None = all
+    limit: int | None = None
+    batch_size: int = 256
+    #: also score the untrained model (same seed, so the same initial weights as the run)
+    initial: bool = True
+    #: keep the run's checkpoints after training; False deletes them (the curve needed them only)
+    keep_checkpoints: bool = False
+
+    def validate(self) -> None:
+        if self.every < 1:
+            raise ConfigError(f"curves.every must be >= 1, got {self.every}")
+        if self.batch_size < 1:
+            raise ConfigError(f"curves.batch_size must be >= 1, got {self.batch_size}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"curves.limit must be >= 1, got {self.limit}")
+        unknown = [f for f in self.families if f not in ALL_FAMILIES]
+        if unknown:
+            raise ConfigError(f"unknown curves.families {unknown}; known: {list(ALL_FAMILIES)}")
+
+
+class PairSet:
+    """Held-out (image, caption, negative) pairs, decoded and tokenised once for repeated scoring."""
+
+    def __init__(self, images: Any, tokens: Any, pairs: Any, families: list[str]) -> None:
+        #: uint8 (N_img, 3, H, W); int64 (N_txt, context); int64 (N_pairs, 4) = image, pos, neg, family
+        self.images, self.tokens, self.pairs, self.families = images, tokens, pairs, families
+
+    @classmethod
+    def from_shards(
+        cls,
+        paths: Sequence[str],
+        split: str | None,
+        families: Sequence[str],
+        spec: Any,
+        tokenizer: Any,
+        image_root: str | None = None,
+        limit: int | None = None,
+    ) -> PairSet:
+        """Every (caption, candidate) pair of the shards, with the validation transform of ``spec``."""
+        import torch
+
+        from .data import ImageSkip, ShardIndex, images_to_tensor, load_image
+        from .evaluate import shard_items
+
+        index = ShardIndex.from_paths(list(paths), split)
+        fams = list(families) or [f for f in ALL_FAMILIES if any(f in sf.columns for sf in index.files)]
+        items = shard_items(index, fams, limit)
+        img_of: dict[tuple[Any, ...], int] = {}
+        arrays = []
+        text_of: dict[str, int] = {}
+        rows: list[tuple[int, int, int, int]] = []
+        skipped = 0
+        for it in items:
+            key = (it.image.get("path"), it.image.get("bytes"))
+            if key not in img_of:
+                try:
+                    arrays.append(load_image(it.image, image_root, spec))
+                except ImageSkip:
+                    img_of[key] = -1
+                else:
+                    img_of[key] = len(arrays) - 1
+            if img_of[key] < 0:
+                skipped += 1
+                continue
+            ids = [text_of.setdefault(t, len(text_of)) for t in (it.positive, it.negative)]
+            rows.append((img_of[key], ids[0], ids[1], fams.index(it.group)))
+        if skipped:
+            log.warning("curve set: %d pairs left out, their image is missing or unreadable", skipped)
+        if not rows:
+            raise ConfigError(f"no held-out pairs of families {fams} in {list(paths)} (split {split!r})")
+        if not families:  # only the families that have pairs, renumbered
+            present = sorted({r[3] for r in rows})
+            renum = {k: i for i, k in enumerate(present)}
+            fams = [fams[k] for k in present]
+            rows = [(a, b, c, renum[k]) for a, b, c, k in rows]
+        tokens = tokenizer(list(text_of))
+        pairs = torch.tensor(rows, dtype=torch.long)
+        log.info("curve set: %d pairs over %d images and %d texts", len(rows), len(arrays), len(text_of))
+        return cls(images_to_tensor(arrays, spec), tokens, pairs, fams)
+
+    def accuracy(self, model: Any, spec: Any, batch_size: int = 256) -> dict[str, Any]:
+        """Per-family share of pairs where the image scores its caption strictly above the negative."""
+        import torch
+
+        from .data import normalize_images
+
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                img = torch.cat([
+                    model.encode_image(normalize_images(self.images[i : i + batch_size], spec), normalize=True)
+                    for i in range(0, len(self.images), batch_size)
+                ]).float()
+                txt = torch.cat([
+                    model.encode_text(self.tokens[i : i + batch_size], normalize=True)
+                    for i in range(0, len(self.tokens), batch_size)
+                ]).float()
+        finally:
+            model.train(was_training)
+        im, pos, neg, fam = self.pairs.unbind(1)
+        correct = (img[im] * txt[pos]).sum(1) > (img[im] * txt[neg]).sum(1)
+        out: dict[str, Any] = {"families": {}}
+        for k, f in enumerate(self.families):
+            sel = fam == k
+            n = int(sel.sum())
+            out["families"][f] = {"accuracy": float(correct[sel].float().mean()) if n else None, "pairs": n}
+        accs = [v["accuracy"] for v in out["families"].values() if v["accuracy"] is not None]
+        out["macro"] = sum(accs) / len(accs) if accs else None
+        out["micro"] = float(correct.float().mean())
+        out["pairs"] = len(correct)
+        return out
+
+
+class CheckpointCurve:
+    """Training callback: scores each new checkpoint of the run on a :class:`PairSet`.
+
+    A checkpoint written at step s is seen by the callback of step s + 1 (the loop saves after its
+    callbacks); :meth:`finish` scores the one written at the end. Checkpoints whose step is not a
+    multiple of ``every`` (epoch ends) are skipped, except the last. Only rank 0 scores.
+    """
+
+    def __init__(self, train_cfg: TrainConfig, cfg: CurveConfig) -> None:
+        import torch
+
+        from .data import ImageSpec
+        from .models import build_model
+
+        cfg.validate()
+        self.cfg = cfg
+        self.out = Path(train_cfg.output_dir)
+        self.ckpt_dir = self.out / "checkpoints"
+        self.enabled = int(os.environ.get("RANK", "0")) == 0
+        self.rows: list[dict[str, Any]] = []
+        self._seen: str | None = None
+        self.seconds = 0.0
+        if not self.enabled:
+            return
+        with torch.random.fork_rng(devices=[]):
+            # the trainer seeds, then builds: the same two calls give its initial weights
+            torch.manual_seed(train_cfg.seed)
+            built = build_model(apply_overrides(train_cfg.model, {"device": "cpu"}), "cpu")
+        self.model = built.model
+        self.spec = ImageSpec.from_preprocess(built.preprocess)
+        t0 = time.perf_counter()
+        self.pairs = PairSet.from_shards(
+            cfg.shards or train_cfg.data.paths, cfg.split, cfg.families, self.spec, built.tokenizer,
+            cfg.image_root if cfg.shards else (cfg.image_root or train_cfg.data.image_root), cfg.limit,
+        )
+        self.seconds += time.perf_counter() - t0
+
+    def start(self) -> None:
+        """Score the untrained model as step 0 (when ``initial``), before training starts."""
+        if self.enabled and self.cfg.initial:
+            self._score(0)
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        found = self._newest()
+        if found is None or found[1] == self._seen:
+            return
+        step, name = found
+        self._seen = name
+        if step % self.cfg.every == 0:
+            self._load_and_score(step, self.ckpt_dir / name)
+
+    def finish(self) -> list[dict[str, Any]]:
+        """Score the run's last checkpoint (written after the last callback) and return all rows."""
+        if self.enabled:
+            found = self._newest()
+            if found is not None and found[1] != self._seen:
+                self._seen = found[1]
+                if not self.rows or self.rows[-1]["step"] < found[0]:
+                    self._load_and_score(found[0], self.ckpt_dir / found[1])
+            log.info("curve: %d points, %.1fs spent scoring", len(self.rows), self.seconds)
+        return self.rows
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _newest(self) -> tuple[int, str] | None:
+        pointer = self.ckpt_dir / "latest"
+        try:
+            name = pointer.read_text(encoding="utf-8").strip()
+        except OSError:
+            return None
+        m = _STEP_FILE.match(name)
+        return (int(m.group(1)), name) if m else None
+
+    def _load_and_score(self, step: int, path: Path) -> None:
+        from .checkpoint import load
+
+        t0 = time.perf_counter()
+        try:
+            state = load(path)
+        except (OSError, RuntimeError) as e:  # pruned or half-visible: the curve loses a point, not the run
+            log.warning("curve: cannot read checkpoint %s (%s); step %d is not scored", path, e, step)
+            return
+        self.model.load_state_dict(state["model"])
+        self.seconds += time.perf_counter() - t0
+        self._score(step)
+
+    def _score(self, step: int) -> None:
+        t0 = time.perf_counter()
+        res = self.pairs.accuracy(self.model, self.spec, self.cfg.batch_size)
+        self.seconds += time.perf_counter() - t0
+        row: dict[str, Any] = {"step": step}
+        row.update({f: v["accuracy"] for f, v in res["families"].items()})
+        row["macro"] = res["macro"]
+        self.rows.append(row)
+        self._write(res)
+        log.info("curve step %d: %s", step, "  ".join(
+            f"{f} {100 * v['accuracy']:.1f}%" for f, v in res["families"].items() if v["accuracy"] is not None))
+
+    def _write(self, last: dict[str, Any]) -> None:
+        cols = ["step", *self.pairs.families, "macro"]
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+        w.writeheader()
+        for r in self.rows:
+            w.writerow({k: ("" if r.get(k) is None else round(r[k], 6) if k != "step" else r[k]) for k in cols})
+        _atomic_text(self.out / CURVE_CSV, buf.getvalue())
+        doc = {
+            "every": self.cfg.every,
+            "split": self.cfg.split,
+            "families": self.pairs.families,
+            "pairs": {f: v["pairs"] for f, v in last["families"].items()},
+            "points": self.rows,
+        }
+        _atomic_text(self.out / CURVE_JSON, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def train_with_curves(train_cfg: TrainConfig, cfg: CurveConfig) -> dict[str, Any]:
+    """``trainer.loop.train`` with a checkpoint every ``cfg.every`` steps and each one scored."""
+    from .loop import train
+
+    cfg.validate()
+    train_cfg = apply_overrides(train_cfg, {"checkpoint_every": cfg.every})
+    train_cfg.validate()
+    if train_cfg.resume != "none" and (Path(train_cfg.output_dir) / "checkpoints" / "latest").exists():
+        log.warning("%s holds a checkpoint: the run resumes and its curve starts there", train_cfg.output_dir)
+    curve = CheckpointCurve(train_cfg, cfg)
+    curve.start()
+    results = train(train_cfg, callbacks=[curve])
+    rows = curve.finish()
+    results["curve"] = {"points": len(rows), "seconds": round(curve.seconds, 3),
+                        "path": str(Path(train_cfg.output_dir) / CURVE_CSV)}
+    if curve.enabled:
+        out = Path(train_cfg.output_dir)
+        if not cfg.keep_checkpoints:
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
+            results["last_checkpoint"] = None
+        # the trainer wrote its results before the curve's last point and the clean-up
+        _atomic_text(out / "train_results.json", json.dumps(results, indent=2, sort_keys=True, default=str) + "\n")
+    return results
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.threads and args.threads > 1:
+        # idle OpenMP threads sleep instead of spinning: on a shared machine a spinning pool
+        # loses far more than it gains (read when torch loads, so before the import below)
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    base = load_yaml_section(args.config, args.section) if args.config else {}
+    tcfg = from_dict(TrainConfig, base)
+    flags: dict[str, Any] = dict(OBJECTIVES[args.objective]) if args.objective else {}
+    if args.output_dir:
+        flags["output_dir"] = args.output_dir
+    if args.no_progress:
+        flags["progress"] = False
+    tcfg = apply_overrides(apply_overrides(tcfg, flags), args.overrides)
+    tcfg.validate()
+    cbase = load_yaml_section(args.config, args.curves_section) if args.config and args.curves_section else {}
+    ccfg = apply_overrides(from_dict(CurveConfig, cbase), args.curve_overrides)
+    res = train_with_curves(tcfg, ccfg)
+    log.info("done: %d steps, final loss %s, curve %s", res["steps"], res["final_loss"], res["curve"]["path"])
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train-curves",
+        help="hardneg train, scoring held-out per-family accuracy every N steps (accuracy-vs-step curve)",
+        description="Train like `hardneg train` (settings from --config/--section/--set) and score each "
+        "checkpoint on held-out negative shards; writes <output_dir>/curve.csv and curve.json.",
+    )
+    p.add_argument("--config", help="YAML file (e.g. params.yaml)")
+    p.add_argument("--section", default="train", help="training section of --config (default: train)")
+    p.add_argument("--curves-section", default="curves", help="curve section of --config (default: curves)")
+    p.add_argument("--objective", choices=sorted(OBJECTIVES), help="loss preset: clip, negclip, ce-clip")
+    p.add_argument("--output-dir", "-o", help="run folder")
+    p.add_argument("--threads", type=int, help="torch threads for this process (1 suits tiny models)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a training setting, dotted (e.g. --set optim.lr=1e-3)")
+    p.add_argument("--curve-set", dest="curve_overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a curve setting (e.g. --curve-set every=50)")
+    p.set_defaults(func=_run)
+
