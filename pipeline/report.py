@@ -217,7 +217,7 @@ def build_report(dataset_dir: str | Path, out_dir: str | Path | None = None, cfg
 # --------------------------------------------------------------------------- plots
 
 
-def _figure(width: float, height: float) -> Any:
+def new_figure(width: float, height: float) -> Any:
     # Figure + Agg canvas directly: no pyplot, so no global backend state is touched
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -227,7 +227,7 @@ def _figure(width: float, height: float) -> Any:
     return fig
 
 
-def _save(fig: Any, path: Path) -> None:
+def save_png(fig: Any, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     write_bytes_atomic(buf.getvalue(), path)
@@ -236,7 +236,7 @@ def _save(fig: Any, path: Path) -> None:
 def _plot_coverage(report: dict[str, Any], path: Path) -> None:
     fams = list(report["families"])
     cov = [100 * report["families"][f]["coverage"] for f in fams]
-    fig = _figure(7, 0.5 * len(fams) + 1.4)
+    fig = new_figure(7, 0.5 * len(fams) + 1.4)
     ax = fig.add_subplot()
     bars = ax.barh(fams, cov, color="tab:blue")
     ax.invert_yaxis()
@@ -247,7 +247,7 @@ def _plot_coverage(report: dict[str, Any], path: Path) -> None:
         v = report["families"][f]
         ax.text(bar.get_width() + 1, bar.get_y() + bar.get_height() / 2,
                 f"{100 * v['coverage']:.1f}% ({v['captions_covered']:,})", va="center", fontsize=9)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def _grouped_bars(ax: Any, labels: list[str], series: dict[str, list[float]]) -> None:
@@ -265,13 +265,13 @@ def _plot_candidates(report: dict[str, Any], path: Path) -> None:
     labels = [str(k) for k in range(kmax + 1)]
     rows = report["dataset"]["rows"] or 1
     series = {f: [100 * v["candidates_per_caption"].get(k, 0) / rows for k in labels] for f, v in fams.items()}
-    fig = _figure(7, 4)
+    fig = new_figure(7, 4)
     ax = fig.add_subplot()
     _grouped_bars(ax, labels, series)
     ax.set_xlabel("negatives of the family for a caption")
     ax.set_ylabel("captions (%)")
     ax.set_title("Candidates per caption")
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def _length_bins(lc: Counter) -> list[int]:
@@ -289,17 +289,17 @@ def _plot_length_change(tallies: dict[str, _FamilyTally], fams: list[str], path:
         bins = _length_bins(tallies[f].length_change)
         total = sum(bins) or 1
         series[f] = [100 * b / total for b in bins]
-    fig = _figure(7, 4)
+    fig = new_figure(7, 4)
     ax = fig.add_subplot()
     _grouped_bars(ax, labels, series)
     ax.set_xlabel("negative length - positive length (words)")
     ax.set_ylabel("negatives (%)")
     ax.set_title("Length change")
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def _plot_skips_rejects(report: dict[str, Any], path: Path, has_manifest: bool) -> None:
-    fig = _figure(10, 4)
+    fig = new_figure(10, 4)
     left, right = fig.subplots(1, 2)
     skipped = report.get("skipped", {})
     left.set_title(f"Source rows skipped ({sum(skipped.values()):,})")
@@ -325,13 +325,13 @@ def _plot_skips_rejects(report: dict[str, Any], path: Path, has_manifest: bool) 
     else:
         right.text(0.5, 0.5, "none" if has_manifest else "no manifest", ha="center", va="center")
         right.set_axis_off()
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def _plot_blind(report: dict[str, Any], path: Path) -> None:
     blind = report["blind_check"]
     fams = [f for f in report["families"] if blind.get(f, {}).get("pairs")]
-    fig = _figure(7, 0.6 * max(1, len(fams)) + 1.6)
+    fig = new_figure(7, 0.6 * max(1, len(fams)) + 1.6)
     ax = fig.add_subplot()
     ax.axvline(50, color="black", linestyle="--", linewidth=1)
     for off, prefix, label, colour in ((-0.15, "", "sentence log-prob", "tab:red"),
@@ -350,7 +350,7 @@ def _plot_blind(report: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("pairs where the LM prefers the positive (%, 95% CI)\ndashed: 50% = the text alone gives nothing away")
     ax.set_title(f"Blind check ({blind.get('model', 'n-gram LM')})")
     ax.legend(fontsize=8, loc="lower left")
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def write_plots(report: dict[str, Any], out: Path, has_manifest: bool, tallies: dict[str, _FamilyTally] | None = None) -> dict[str, str]:

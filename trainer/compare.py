@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline.report import new_figure, save_png
 from pipeline.config import ALL_FAMILIES
 from pipeline.errors import ConfigError, SourceError
 
@@ -202,26 +203,6 @@ def _check_curve_end(loaded: dict[str, Any], families: Sequence[str], curves: li
 # ------------------------------------------------------------------------------------ report
 
 
-def _figure(width: float, height: float) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Any, path: Path) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(buf.getvalue())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 def _families(doc: dict[str, Any]) -> list[str]:
     return list(doc["pairs"])
 
@@ -233,7 +214,7 @@ def _names(doc: dict[str, Any]) -> list[str]:
 
 def plot_bars(doc: dict[str, Any], path: Path) -> None:
     fams, names = _families(doc), _names(doc)
-    fig = _figure(7, 0.45 * len(fams) * len(names) + 1.5)
+    fig = new_figure(7, 0.45 * len(fams) * len(names) + 1.5)
     ax = fig.add_subplot()
     h = 0.8 / len(names)
     for j, n in enumerate(names):
@@ -247,12 +228,12 @@ def plot_bars(doc: dict[str, Any], path: Path) -> None:
     ax.set_xlim(0, 110)
     ax.set_xlabel(f"held-out pairwise accuracy (%) after {doc['steps']} steps; 50 = chance")
     ax.legend(loc="lower right", fontsize=8)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_curves(doc: dict[str, Any], curves: list[dict[str, str]], path: Path) -> None:
     fams, names = _families(doc), _names(doc)
-    fig = _figure(4 * len(fams), 3.4)
+    fig = new_figure(4 * len(fams), 3.4)
     axes = fig.subplots(1, len(fams), sharey=True, squeeze=False)[0]
     steps = [int(r["step"]) for r in curves]
     for ax, f in zip(axes, fams):
@@ -265,12 +246,12 @@ def plot_curves(doc: dict[str, Any], curves: list[dict[str, str]], path: Path) -
         ax.set_ylim(30, 101)
     axes[0].set_ylabel("held-out pairwise accuracy (%)")
     axes[0].legend(fontsize=8)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_thresholds(metrics: list[dict[str, str]], fams: Sequence[str], name: str, path: Path) -> None:
     """The per-family CMR thresholds theta over training: the paper's curriculum figure."""
-    fig = _figure(7, 3.6)
+    fig = new_figure(7, 3.6)
     ax = fig.add_subplot()
     steps = [int(r["step"]) for r in metrics]
     for f in fams:
@@ -281,11 +262,11 @@ def plot_thresholds(metrics: list[dict[str, str]], fams: Sequence[str], name: st
     ax.set_ylabel("CMR threshold theta (logit units)")
     ax.set_title(f"adaptive thresholds of {name} (batch mean gap, clamped)")
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_loss(runs: dict[str, list[dict[str, str]]], path: Path) -> None:
-    fig = _figure(7, 3.6)
+    fig = new_figure(7, 3.6)
     ax = fig.add_subplot()
     for n, rows in runs.items():
         steps = [int(r["step"]) for r in rows]
@@ -296,7 +277,7 @@ def plot_loss(runs: dict[str, list[dict[str, str]]], path: Path) -> None:
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def _pct(x: float | None) -> str:
