@@ -22,3 +22,14 @@ def parsed(nlp):
         return ParsedCaption.from_doc(nlp(text), text)
 
     return _parse
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread: tiny matrices only contend, and runs compared bit for bit need one count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

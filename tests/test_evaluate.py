@@ -24,12 +24,7 @@ from trainer.models import build_model
 from trainer_shards import COLORS, SHAPES, shape_image, shapes_dataset
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_retrieval_recall_hand_example():
