@@ -21,7 +21,9 @@ _PUNCT = str.maketrans({c: " " for c in string.punctuation if c != "'"})
 def normalize(text: str) -> str:
     """Comparison key: case, punctuation, spacing and a/an differences do not make a new caption."""
     words = text.lower().translate(_PUNCT).split()
-    return " ".join(["a" if w == "an" else w for w in words])
+    if "an" in words:
+        words = ["a" if w == "an" else w for w in words]
+    return " ".join(words)
 
 
 def group_keys(captions: Iterable[str]) -> frozenset[str]:

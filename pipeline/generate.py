@@ -107,8 +107,8 @@ _WORKER: dict[str, Any] = {}
 
 def _init_worker(cfg: GenerateConfig, resources: Resources) -> None:
     # Parsing allocates many short-lived objects; with the default thresholds the cyclic GC
-    # rescans the long-lived model over and over. Freeze what exists and collect less often.
-    gc.collect()
+    # rescans the long-lived model over and over. Freeze what exists and collect less often
+    # (no full collection first: with torch imported by thinc it costs 0.16 s per run).
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
     _WORKER["nlp"] = load_nlp(cfg.parse)
@@ -127,7 +127,10 @@ def _run_shard(task: ShardTask) -> tuple[int, ShardStats, dict[str, Any]]:
     rejects = RejectCounts()
     builder = ShardBuilder()
     t0 = time.perf_counter()
-    docs = parse(nlp, (r.caption for r in task.records), cfg.parse.batch_size)
+    # Parse the whole shard first, then run the rules: interleaving Python rule work between the
+    # parser's batches evicts the model from the CPU caches and costs 50-90 us a caption more
+    # (bench/bench_generate.py; a shard's docs take a few MB).
+    docs = list(parse(nlp, [r.caption for r in task.records], cfg.parse.batch_size))
     for record, doc in zip(task.records, docs):
         parsed = ParsedCaption.from_doc(doc, record.caption)
         kept, generated = negatives_for(

@@ -8,7 +8,7 @@ capitalisation, and fixes a/an in front of anything that changed.
 from __future__ import annotations
 
 from .grammar import indefinite_article, match_case
-from .records import Candidate, Edit, Replacement
+from .records import Candidate, Edit
 from .syntax import Tok
 
 
@@ -19,13 +19,15 @@ def keeps_case(t: Tok) -> bool:
 
 def span_words(toks: tuple[Tok, ...], start: int, end: int) -> str:
     """Text of tokens ``[start, end)`` as it may appear mid-sentence (sentence-start case undone)."""
-    parts = []
-    for t in toks[start:end]:
-        text = t.text
-        if t.i == 0 and not keeps_case(t):
-            text = text[:1].lower() + text[1:]
-        parts.append(text + t.ws)
-    return "".join(parts).rstrip()
+    if end <= start:
+        return ""
+    first = toks[start]
+    text = first.text
+    if start == 0 and not keeps_case(first):
+        text = text[:1].lower() + text[1:]
+    if end - start == 1:
+        return text.rstrip()
+    return (text + first.ws + "".join([t.text + t.ws for t in toks[start + 1 : end]])).rstrip()
 
 
 def realize(text: str, toks: tuple[Tok, ...], edit: Edit) -> Candidate:
@@ -34,46 +36,57 @@ def realize(text: str, toks: tuple[Tok, ...], edit: Edit) -> Candidate:
     Unchanged stretches are copied from the caption by character offset (its own spacing and
     punctuation survive); an article is fixed wherever it meets a changed word.
     """
-    reps = sorted(edit.replacements, key=lambda r: r.start)
+    reps = edit.replacements
+    if len(reps) > 1:
+        reps = tuple(sorted(reps))  # (start, end, text): no two share a start unless they overlap
     out: list[str] = []
+    spans: list[tuple[int, int]] = []
     pos = 0  # character position in ``text`` copied so far
     prev_end = -1
+    n_toks = len(toks)
     for r in reps:
-        if r.start < prev_end:
+        start, end = r.start, r.end
+        if start < prev_end:
             raise ValueError(f"overlapping replacements in {edit.rule}: {reps}")
-        prev_end = r.end
-        if r.end > r.start:
-            a, b = toks[r.start].idx, toks[r.end - 1].idx + len(toks[r.end - 1].text)
+        prev_end = end
+        if end > start:
+            last = toks[end - 1]
+            a, b = toks[start].idx, last.idx + len(last.text)
         else:  # pure insertion before token r.start
-            a = b = toks[r.start].idx if r.start < len(toks) else len(text)
-        words = r.text.split(" ") if r.text else []
-        _fix_articles_in(words)
+            a = b = toks[start].idx if start < n_toks else len(text)
+        spans.append((a, b))
         before = text[pos:a]
-        if words:
+        if r.text:
+            words = r.text.split(" ")
+            if len(words) > 1:
+                _fix_articles_in(words)
             before = _fix_article_before(before, words[0])
-        elif r.end > r.start and before.endswith(" ") and (b >= len(text) or text[b] in " ,.;:!?"):
-            before = before[:-1]  # a deletion takes its leading space with it
-        out.append(before)
-        out.append(" ".join(words))
+            out.append(before)
+            # an article at the end of the replacement meets the unchanged word after it
+            lw = words[-1]
+            if lw.lower() in ("a", "an"):
+                nxt = text[b:].lstrip().split(" ", 1)[0]
+                if nxt:
+                    words[-1] = match_case(lw, indefinite_article(nxt))
+            out.append(" ".join(words))
+        else:
+            if end > start and before.endswith(" ") and (b >= len(text) or text[b] in " ,.;:!?"):
+                before = before[:-1]  # a deletion takes its leading space with it
+            out.append(before)
         pos = b
-        # an article at the end of the replacement meets the unchanged word after it
-        if words and words[-1].lower() in ("a", "an"):
-            nxt = text[pos:].lstrip().split(" ", 1)[0]
-            if nxt:
-                out[-1] = " ".join(words[:-1] + [match_case(words[-1], indefinite_article(nxt))])
     out.append(text[pos:])
     result = "".join(out)
     if result and text[:1].isupper() and not result[:1].isupper():
         result = result[:1].upper() + result[1:]
     return Candidate(
-        text=result,
-        family=edit.family,
-        rule=edit.rule,
-        token_spans=tuple((r.start, r.end) for r in reps),
-        char_spans=tuple(_char_span(text, toks, r) for r in reps),
-        items=edit.items,
-        symmetric_link=edit.symmetric_link,
-        priority=edit.priority,
+        result,
+        edit.family,
+        edit.rule,
+        tuple([(r.start, r.end) for r in reps]),
+        tuple(spans),
+        edit.items,
+        edit.symmetric_link,
+        edit.priority,
     )
 
 
@@ -86,21 +99,18 @@ def _fix_articles_in(words: list[str]) -> None:
 
 def _fix_article_before(before: str, first_word: str) -> str:
     """Fix 'a'/'an' ending the unchanged text ``before`` for the changed word that follows it."""
-    stripped = before.rstrip()
     if not first_word[:1].isalnum():
         return before
-    for art in ("an", "a"):
-        if stripped.lower().endswith(art) and (len(stripped) == len(art) or not stripped[-len(art) - 1].isalnum()):
-            word = stripped[-len(art):]
-            fixed = match_case(word, indefinite_article(first_word))
-            if fixed != word:
-                return stripped[: -len(art)] + fixed + before[len(stripped):]
-            return before
+    stripped = before.rstrip()
+    n = len(stripped)
+    if stripped[-1:] in ("a", "A") and (n == 1 or not stripped[-2].isalnum()):
+        cut = 1
+    elif stripped[-2:].lower() == "an" and (n == 2 or not stripped[-3].isalnum()):
+        cut = 2
+    else:
+        return before
+    word = stripped[-cut:]
+    fixed = match_case(word, indefinite_article(first_word))
+    if fixed != word:
+        return stripped[:-cut] + fixed + before[n:]
     return before
-
-
-def _char_span(text: str, toks: tuple[Tok, ...], r: Replacement) -> tuple[int, int]:
-    if r.end <= r.start:
-        start = toks[r.start].idx if r.start < len(toks) else len(text)
-        return (start, start)
-    return (toks[r.start].idx, toks[r.end - 1].idx + len(toks[r.end - 1].text))

@@ -7,6 +7,7 @@ hand-made values.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,7 @@ class Skip:
     where: str
 
 
-@dataclass(frozen=True)
-class Replacement:
+class Replacement(NamedTuple):
     """Replace tokens ``[start, end)`` of the parse with ``text`` (which may be empty)."""
 
     start: int
@@ -41,8 +41,7 @@ class Replacement:
     text: str
 
 
-@dataclass(frozen=True)
-class Edit:
+class Edit(NamedTuple):
     """What a rule wants to change, before realisation. Pure data, so rules stay pure."""
 
     family: str
@@ -57,8 +56,7 @@ class Edit:
     priority: int = 0
 
 
-@dataclass(frozen=True)
-class Candidate:
+class Candidate(NamedTuple):
     """A realised negative caption with its provenance."""
 
     text: str

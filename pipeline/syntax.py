@@ -6,7 +6,6 @@ the dependency tree themselves, so one fix to (say) "on top of" serves every fam
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 
@@ -30,9 +29,13 @@ class Tok(NamedTuple):
 
 
 _ATTRS: list[int] = []
-#: string-store hash -> str; the vocabulary of captions is small, and a dict hit is cheaper than
-#: decoding the string again from spaCy's store
-_STRINGS: dict[int, str] = {}
+#: (ORTH, LOWER, POS, TAG, DEP, LEMMA) hashes -> their strings. Captions repeat the same analysed
+#: words over and over, so one dict hit per token replaces six string-store lookups.
+_STRINGS: dict[tuple[int, ...], tuple[str, ...]] = {}
+_STRINGS_MAX = 500_000  # a bound for very large, very varied inputs; refilled on demand
+_new_tok = tuple.__new__
+_SIGN = 1 << 63
+_WRAP = 1 << 64
 
 
 def tokens_of(doc: Any) -> tuple[tuple[Tok, ...], tuple[tuple[int, ...], ...]]:
@@ -41,28 +44,29 @@ def tokens_of(doc: Any) -> tuple[tuple[Tok, ...], tuple[tuple[int, ...], ...]]:
     Reads the attributes in bulk with ``Doc.to_array`` (creating a spaCy ``Token`` per attribute
     access costs more than the rules themselves).
     """
-    from spacy.attrs import DEP, HEAD, IDX, LEMMA, LOWER, ORTH, POS, SPACY, TAG
-
     if not _ATTRS:
+        from spacy.attrs import DEP, HEAD, IDX, LEMMA, LOWER, ORTH, POS, SPACY, TAG
+
         _ATTRS.extend([ORTH, LOWER, POS, TAG, DEP, LEMMA, SPACY, IDX, HEAD])
     store = doc.vocab.strings
     cache = _STRINGS
+    if len(cache) > _STRINGS_MAX:
+        cache.clear()
     rows = doc.to_array(_ATTRS).tolist()
     toks = []
     children: list[list[int]] = [[] for _ in rows]
-    for i, row in enumerate(rows):
-        words = []
-        for h in row[:6]:
-            w = cache.get(h)
-            if w is None:
-                w = cache[h] = store[h]
-            words.append(w)
-        h = row[8]
-        head = i + (h if h < 1 << 63 else h - (1 << 64))  # HEAD is a signed offset stored unsigned
-        toks.append(Tok(i, words[0], " " if row[6] else "", words[1], words[2], words[3], words[4], head, words[5], row[7]))
-        if head != i:
+    for i, (o, lo, p, t, d, lem, sp, idx, h) in enumerate(rows):
+        key = (o, lo, p, t, d, lem)
+        w = cache.get(key)
+        if w is None:
+            w = cache[key] = (store[o], store[lo], store[p], store[t], store[d], store[lem])
+        if h:  # HEAD is a signed offset stored unsigned
+            head = i + (h if h < _SIGN else h - _WRAP)
             children[head].append(i)
-    return tuple(toks), tuple(tuple(c) for c in children)
+        else:
+            head = i
+        toks.append(_new_tok(Tok, (i, w[0], " " if sp else "", w[1], w[2], w[3], w[4], head, w[5], idx)))
+    return tuple(toks), tuple(map(tuple, children))
 
 
 #: nouns that, followed by "of", form a multi-word preposition ("on top of", "to the left of")
@@ -106,8 +110,7 @@ _SUBJECT_DEPS = frozenset({"nsubj", "nsubjpass"})
 _NOUN_POS = frozenset({"NOUN", "PROPN"})
 
 
-@dataclass(frozen=True)
-class NounPhrase:
+class NounPhrase(NamedTuple):
     """A base noun phrase, possibly extended through a quantity noun ("a couple of phones")."""
 
     start: int
@@ -127,8 +130,7 @@ class NounPhrase:
     plural: bool
 
 
-@dataclass(frozen=True)
-class Link:
+class Link(NamedTuple):
     """A relation from noun phrase ``a`` (earlier) to noun phrase ``b`` (later)."""
 
     a: int  # index into the list of noun phrases

@@ -7,14 +7,13 @@ sees multiprocessing, so it can be tested on one sentence.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from ..records import Edit
 from ..syntax import Link, NounPhrase, Tok, links, noun_phrases, tokens_of
 
 
-@dataclass(frozen=True)
-class ParsedCaption:
+class ParsedCaption(NamedTuple):
     """A parse with the views every rule uses, computed once per caption."""
 
     text: str

@@ -95,7 +95,7 @@ def _subject_agreement(
 
 def _link_between(parsed: ParsedCaption, a: int, b: int) -> Link | None:
     for link in parsed.links:
-        if {link.a, link.b} == {a, b}:
+        if (link.a == a and link.b == b) or (link.a == b and link.b == a):
             return link
     return None
 
