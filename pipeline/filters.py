@@ -63,17 +63,26 @@ def select(
     same_image = group_keys
     by_family: dict[str, list[Edit]] = {}
     for e in edits:
-        by_family.setdefault(e.family, []).append(e)
+        fam_list = by_family.get(e.family)
+        if fam_list is None:
+            by_family[e.family] = [e]
+        else:
+            fam_list.append(e)
     kept: dict[str, list[Candidate]] = {}
     for fam, fam_edits in by_family.items():
         viable: list[int] = []
+        n_symmetric = n_same_word = 0
         for i, e in enumerate(fam_edits):  # rejects that need no realisation, all counted
             if e.symmetric_link:
-                rejects.add(fam, "symmetric")
+                n_symmetric += 1
             elif e.items[0] and e.items[0] == e.items[1]:
-                rejects.add(fam, "same_word")
+                n_same_word += 1
             else:
                 viable.append(i)
+        if n_symmetric:
+            rejects.add(fam, "symmetric", n_symmetric)
+        if n_same_word:
+            rejects.add(fam, "same_word", n_same_word)
         if len(viable) > k:  # only then does the order decide anything beyond duplicates
             viable.sort(key=lambda i: (fam_edits[i].priority, _seeded_key(seed, caption_id, fam, fam_edits[i])))
         chosen: list[tuple[int, Candidate]] = []
@@ -98,6 +107,7 @@ def select(
                     chosen.append((i, cand))
                     continue
             rejects.add(fam, reason)
-        chosen.sort(key=lambda x: x[0])
+        if len(chosen) > 1:
+            chosen.sort(key=lambda x: x[0])
         kept[fam] = [c for _, c in chosen]
     return kept

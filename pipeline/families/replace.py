@@ -55,7 +55,7 @@ _PRONOUNS = {
     "female": {"she": ("he", "he"), "her": ("his", "him"), "hers": ("his", "his"), "herself": ("himself", "himself")},
 }
 _PUNCT = re.compile(r"[^\w\s'-]+")
-_CHUNK = 50_000  # captions per phrase-counting chunk
+_CHUNK = 50_000  # captions per counting chunk (bounds memory on large corpora)
 
 
 class GroupRow(NamedTuple):
@@ -133,27 +133,37 @@ def corpus_counts(captions: Iterable[str], phrases: Iterable[str] = ()) -> Count
     """Word counts of the captions (lower case, punctuation dropped) plus counts of the given phrases.
 
     One plain pass, no parser: the counts only rank candidates, so tokenisation details do not
-    matter. Phrases are counted on chunks of normalised text, so memory stays bounded on large corpora.
+    matter. Words are gathered per chunk of captions and counted in one ``Counter.update`` (a call
+    per caption costs more than the counting); a phrase is looked up only where its first word
+    occurs, so the cost does not grow with the number of phrases.
     """
     counts: Counter = Counter()
-    multi = sorted({p for p in phrases if " " in p})
-    chunk: list[str] = []
+    by_first: dict[str, list[tuple[str, ...]]] = {}
+    for p in sorted({p for p in phrases if " " in p}):
+        words = tuple(p.split())
+        by_first.setdefault(words[0], []).append(words)
+    chunk: list[str | None] = []  # words of many captions, None between captions
 
-    def count_phrases() -> None:
-        text = " " + " \n ".join(chunk) + " "
-        for p in multi:
-            counts[p] += text.count(f" {p} ")
+    def count_chunk() -> None:
+        for i, w in enumerate(chunk):
+            cands = by_first.get(w)  # type: ignore[arg-type]
+            if cands:
+                for words in cands:
+                    if tuple(chunk[i : i + len(words)]) == words:
+                        counts[" ".join(words)] += 1
+        counts.update(chunk)
+        del counts[None]
         chunk.clear()
 
+    n = 0
     for c in tqdm(captions, desc="count words", unit=" captions", mininterval=2, leave=False, disable=None):
-        words = _PUNCT.sub(" ", c.lower()).split()
-        counts.update(words)
-        if multi:
-            chunk.append(" ".join(words))
-            if len(chunk) >= _CHUNK:
-                count_phrases()
+        chunk.extend(_PUNCT.sub(" ", c.lower()).split())
+        chunk.append(None)
+        n += 1
+        if n % _CHUNK == 0:
+            count_chunk()
     if chunk:
-        count_phrases()
+        count_chunk()
     return counts
 
 
