@@ -56,19 +56,22 @@ def realize(text: str, toks: tuple[Tok, ...], edit: Edit) -> Candidate:
             a = b = toks[start].idx if start < n_toks else len(text)
         spans.append((a, b))
         before = text[pos:a]
-        if r.text:
-            words = r.text.split(" ")
-            if len(words) > 1:
+        new = r.text
+        if new:
+            if " " in new:
+                words = new.split(" ")
                 _fix_articles_in(words)
-            before = _fix_article_before(before, words[0])
-            out.append(before)
+                new = " ".join(words)
+                first, lw = words[0], words[-1]
+            else:
+                first = lw = new
+            out.append(_fix_article_before(before, first))
             # an article at the end of the replacement meets the unchanged word after it
-            lw = words[-1]
             if lw.lower() in ("a", "an"):
                 nxt = text[b:].lstrip().split(" ", 1)[0]
                 if nxt:
-                    words[-1] = match_case(lw, indefinite_article(nxt))
-            out.append(" ".join(words))
+                    new = new[: len(new) - len(lw)] + match_case(lw, indefinite_article(nxt))
+            out.append(new)
         else:
             if end > start and before.endswith(" ") and (b >= len(text) or text[b] in " ,.;:!?"):
                 before = before[:-1]  # a deletion takes its leading space with it
@@ -99,9 +102,9 @@ def _fix_articles_in(words: list[str]) -> None:
 
 def _fix_article_before(before: str, first_word: str) -> str:
     """Fix 'a'/'an' ending the unchanged text ``before`` for the changed word that follows it."""
-    if not first_word[:1].isalnum():
-        return before
     stripped = before.rstrip()
+    if stripped[-1:] not in ("a", "A", "n", "N") or not first_word[:1].isalnum():
+        return before
     n = len(stripped)
     if stripped[-1:] in ("a", "A") and (n == 1 or not stripped[-2].isalnum()):
         cut = 1
