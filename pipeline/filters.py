@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import string
 import zlib
-from typing import Callable, Collection, Iterable
+from typing import Callable, Collection, Iterable, Iterator
 
 from .records import Candidate, Edit, RejectCounts
 
@@ -35,6 +35,19 @@ def _seeded_key(seed: int, caption_id: str, family: str, edit: Edit) -> int:
     """A tie-breaking key that depends only on the seed, the caption and the edit itself."""
     spans = ";".join([f"{r.start}:{r.end}:{r.text}" for r in edit.replacements])
     return zlib.crc32(f"{seed}|{caption_id}|{family}|{edit.rule}|{spans}".encode())
+
+
+def _seeded_order(viable: list[int], edits: list[Edit], seed: int, caption_id: str, family: str) -> Iterator[int]:
+    """``viable`` by (priority, seeded key), lazily: the keys of a priority level are computed only
+    when the examination reaches it (most captions fill ``k`` from the first level or two)."""
+    levels: dict[int, list[int]] = {}
+    for i in viable:
+        levels.setdefault(edits[i].priority, []).append(i)
+    for prio in sorted(levels):
+        level = levels[prio]
+        if len(level) > 1:
+            level.sort(key=lambda i: _seeded_key(seed, caption_id, family, edits[i]))
+        yield from level
 
 
 def select(
@@ -84,10 +97,12 @@ def select(
         if n_same_word:
             rejects.add(fam, "same_word", n_same_word)
         if len(viable) > k:  # only then does the order decide anything beyond duplicates
-            viable.sort(key=lambda i: (fam_edits[i].priority, _seeded_key(seed, caption_id, fam, fam_edits[i])))
+            order: Iterable[int] = _seeded_order(viable, fam_edits, seed, caption_id, fam)
+        else:
+            order = viable
         chosen: list[tuple[int, Candidate]] = []
         seen: set[str] = set()
-        for n, i in enumerate(viable):
+        for n, i in enumerate(order):
             if len(chosen) == k:
                 rejects.add(fam, "over_k", len(viable) - n)
                 break

@@ -9,6 +9,7 @@ Version history:
 from __future__ import annotations
 
 import json
+from itertools import accumulate
 from typing import Any, Iterable
 
 import pyarrow as pa
@@ -139,14 +140,9 @@ class ShardBuilder:
         self.groups: list[str] = []
         self.fam_values: dict[str, list[str]] = {f: [] for f in FAMILY_COLUMNS}
         self.fam_offsets: dict[str, list[int]] = {f: [0] for f in FAMILY_COLUMNS}
+        #: every kept candidate in row order (family columns in schema order within a row)
+        self.prov: list[Candidate] = []
         self.prov_offsets: list[int] = [0]
-        self.prov_family: list[str] = []
-        self.prov_rule: list[str] = []
-        self.prov_text: list[str] = []
-        self.tok_offsets: list[int] = [0]
-        self.tok_flat: list[int] = []
-        self.char_offsets: list[int] = [0]
-        self.char_flat: list[int] = []
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -159,26 +155,22 @@ class ShardBuilder:
         self.sources.append(record.source)
         self.splits.append(record.split)
         self.groups.append(record.group)
+        prov = self.prov
         for fam in FAMILY_COLUMNS:
             values = self.fam_values[fam]
-            for c in candidates.get(fam, ()):
-                values.append(c.text)
-                self.prov_family.append(c.family)
-                self.prov_rule.append(c.rule)
-                self.prov_text.append(c.text)
-                for a, b in c.token_spans:
-                    self.tok_flat.append(a)
-                    self.tok_flat.append(b)
-                self.tok_offsets.append(len(self.tok_flat) // 2)
-                for a, b in c.char_spans:
-                    self.char_flat.append(a)
-                    self.char_flat.append(b)
-                self.char_offsets.append(len(self.char_flat) // 2)
+            cands = candidates.get(fam)
+            if cands:
+                for c in cands:
+                    values.append(c.text)
+                prov.extend(cands)
             self.fam_offsets[fam].append(len(values))
-        self.prov_offsets.append(len(self.prov_text))
+        self.prov_offsets.append(len(prov))
 
     @staticmethod
-    def _spans(offsets: list[int], flat: list[int]) -> pa.Array:
+    def _spans(spans: list[tuple[tuple[int, int], ...]]) -> pa.Array:
+        """``list<list<int32>>`` per candidate from its ``((start, end), ...)`` spans."""
+        offsets = [0, *accumulate(len(s) for s in spans)]
+        flat = [x for s in spans for pair in s for x in pair]
         pairs = pa.ListArray.from_arrays(pa.array(range(0, len(flat) + 1, 2), pa.int32()), pa.array(flat, pa.int32()))
         return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pairs)
 
@@ -186,13 +178,14 @@ class ShardBuilder:
         image = pa.StructArray.from_arrays(
             [pa.array(self.img_bytes, pa.binary()), pa.array(self.img_paths, pa.string())], names=["bytes", "path"]
         )
+        prov = self.prov
         prov_struct = pa.StructArray.from_arrays(
             [
-                pa.array(self.prov_family, pa.string()),
-                pa.array(self.prov_rule, pa.string()),
-                pa.array(self.prov_text, pa.string()),
-                self._spans(self.tok_offsets, self.tok_flat),
-                self._spans(self.char_offsets, self.char_flat),
+                pa.array([c.family for c in prov], pa.string()),
+                pa.array([c.rule for c in prov], pa.string()),
+                pa.array([c.text for c in prov], pa.string()),
+                self._spans([c.token_spans for c in prov]),
+                self._spans([c.char_spans for c in prov]),
             ],
             fields=list(PROVENANCE_TYPE.value_type),
         )
