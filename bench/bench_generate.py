@@ -117,6 +117,13 @@ def main() -> int:
     print(f"{'generate, 1 worker':<22}{med['gen_x1']:>12.0f}")
     print(f"{'generate, 2 workers':<22}{med['gen_x2']:>12.0f}")
     print(f"{'generate, all six, x1':<22}{med['gen_all6']:>12.0f}")
+    def per_round(a: str, b: str) -> str:
+        return ", ".join(f"{x / y:.2f}" for x, y in zip(rows[a], rows[b]))
+
+    print(f"\nper-round ratios (each round's variants ran back to back):")
+    print(f"  generate x1 / bare : {per_round('gen_x1', 'bare')}")
+    print(f"  generate x2 / x1   : {per_round('gen_x2', 'gen_x1')}")
+    print(f"  all six x1 / bare  : {per_round('gen_all6', 'bare')}")
     r1 = med["gen_x1"] / med["bare"]
     r2 = med["gen_x2"] / med["gen_x1"]
     print(f"\ngenerate x1 / bare parse : {r1:.2f}  (target >= 0.90) {'OK' if r1 >= 0.9 else 'MISSED'}")
