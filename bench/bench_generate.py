@@ -120,7 +120,7 @@ def main() -> int:
     def per_round(a: str, b: str) -> str:
         return ", ".join(f"{x / y:.2f}" for x, y in zip(rows[a], rows[b]))
 
-    print(f"\nper-round ratios (each round's variants ran back to back):")
+    print("\nper-round ratios (each round's variants ran back to back):")
     print(f"  generate x1 / bare : {per_round('gen_x1', 'bare')}")
     print(f"  generate x2 / x1   : {per_round('gen_x2', 'gen_x1')}")
     print(f"  all six x1 / bare  : {per_round('gen_all6', 'bare')}")
