@@ -2,6 +2,10 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from . import _compiled
+
+_compiled.activate()  # before any compiled module is imported: never run a stale build
+
 try:
     __version__ = version("hardneg")
 except PackageNotFoundError:  # running from a source tree that is not installed

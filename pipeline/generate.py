@@ -16,21 +16,22 @@ import os
 import shutil
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Collection
+from typing import Any
 
 from tqdm import tqdm
 
-from . import __version__
+from . import __version__, _compiled
 from .config import GenerateConfig, config_hash
 from .errors import ConfigError
-from .families import ParsedCaption, Resources, available_families, get_family
-from .filters import group_keys, select
+from .families import Resources, available_families
+from .filters import group_keys
 from .manifest import build_manifest, manifest_path
+from .negatives import add_negatives
 from .nlp import load_nlp, model_info, model_version, parse, resolve_model
-from .realize import realize
-from .records import Candidate, CaptionRecord, Edit, RejectCounts, Skip
+from .records import CaptionRecord, RejectCounts, Skip
 from .schema import SCHEMA_VERSION, ShardBuilder, arrow_schema
 from .shards import shard_meta, write_json_atomic, write_table_atomic
 from .sources import fingerprint, iter_source, source_name
@@ -60,46 +61,6 @@ class ShardStats:
     spacy: dict[str, Any] = field(default_factory=dict)  # the model that parsed this shard
 
 
-# --------------------------------------------------------------------------- pure per-caption work
-
-
-def negatives_for(
-    parsed: ParsedCaption,
-    record: CaptionRecord,
-    group: Collection[str],
-    families: list[str],
-    k: int,
-    seed: int,
-    resources: Resources,
-    rejects: RejectCounts,
-) -> tuple[dict[str, list[Candidate]], dict[str, int]]:
-    """Every family's kept candidates for one parsed caption, and how many edits each proposed.
-
-    ``group`` holds the comparison keys of the captions of the same image (``filters.group_keys``).
-    """
-    edits: list[Edit] = []
-    generated: dict[str, int] = {}
-    for fam in families:
-        try:
-            fam_edits = get_family(fam)(parsed, resources)
-        except Exception:  # a rule bug on one odd parse must not kill a long run: count it
-            log.debug("rule error in %s on %r", fam, record.caption, exc_info=True)
-            rejects.add(fam, "rule_error")
-            continue
-        generated[fam] = len(fam_edits)
-        edits.extend(fam_edits)
-
-    def realizer(edit: Edit) -> Candidate | None:
-        try:
-            return realize(parsed.text, parsed.toks, edit)
-        except Exception:
-            log.debug("realisation error in %s on %r", edit.rule, record.caption, exc_info=True)
-            return None
-
-    kept = select(record.id, record.caption, edits, realizer, group, k, seed, rejects)
-    return kept, generated
-
-
 # --------------------------------------------------------------------------- worker side
 
 _WORKER: dict[str, Any] = {}
@@ -115,35 +76,6 @@ def _init_worker(cfg: GenerateConfig, resources: Resources) -> None:
     _WORKER["model_info"] = model_info(_WORKER["nlp"])
     _WORKER["cfg"] = cfg
     _WORKER["resources"] = resources
-
-
-def _rules_loop(
-    task: ShardTask,
-    docs: list[Any],
-    groups: dict[str, frozenset[str]],
-    cfg: GenerateConfig,
-    resources: Resources,
-    rejects: RejectCounts,
-    stats: ShardStats,
-    builder: ShardBuilder,
-) -> None:
-    generated_n: Counter = Counter()
-    kept_n: Counter = Counter()
-    covered_n: Counter = Counter()
-    for record, doc in zip(task.records, docs):
-        parsed = ParsedCaption.from_doc(doc, record.caption)
-        kept, generated = negatives_for(
-            parsed, record, groups[record.group], cfg.families, cfg.k, cfg.seed, resources, rejects
-        )
-        generated_n.update(generated)
-        for fam, cands in kept.items():
-            if cands:
-                kept_n[fam] += len(cands)
-                covered_n[fam] += 1
-        builder.add(record, kept)
-    stats.generated = dict(generated_n)
-    stats.candidates = dict(kept_n)
-    stats.covered = dict(covered_n)
 
 
 def _run_shard(task: ShardTask) -> tuple[int, ShardStats, dict[str, Any]]:
@@ -166,7 +98,9 @@ def _run_shard(task: ShardTask) -> tuple[int, ShardStats, dict[str, Any]]:
     if gc_on:
         gc.disable()
     try:
-        _rules_loop(task, docs, groups, cfg, resources, rejects, stats, builder)
+        stats.generated, stats.candidates, stats.covered = add_negatives(
+            task.records, docs, groups, cfg.families, cfg.k, cfg.seed, resources, rejects, builder
+        )
     finally:
         if gc_on:
             gc.enable()
@@ -292,6 +226,7 @@ def generate(cfg: GenerateConfig) -> dict[str, Any]:
     if done:
         log.info("resuming: %d of %d shards already written", len(done), len(plan))
 
+    log.info("rule modules: %s", _compiled.status()["reason"])
     t1 = time.perf_counter()
     _run_tasks(cfg, resources, tasks, done)
     generate_seconds = time.perf_counter() - t1
@@ -354,11 +289,18 @@ def _run_tasks(
                 gc.unfreeze()
                 gc.set_threshold(*thresholds)
         else:
+            # an executor, not multiprocessing.Pool: a worker that dies (killed, or a task it cannot
+            # unpickle) raises BrokenProcessPool here instead of leaving the run waiting forever
             ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            with ctx.Pool(cfg.workers, initializer=_init_worker, initargs=(cfg, resources)) as pool:
-                for i, stats, info in pool.imap_unordered(_run_shard, tasks):
+            pool = ProcessPoolExecutor(cfg.workers, mp_context=ctx, initializer=_init_worker, initargs=(cfg, resources))
+            try:
+                futures = [pool.submit(_run_shard, task) for task in tasks]
+                for fut in as_completed(futures):
+                    i, stats, info = fut.result()
                     done[i] = (stats, info)
                     bar.update(stats.rows)
+            finally:  # on an error, shards not yet started are dropped (a rerun resumes them)
+                pool.shutdown(wait=True, cancel_futures=True)
     finally:
         bar.close()
 

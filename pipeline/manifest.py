@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from . import _compiled
 from .config import GenerateConfig
 from .schema import SCHEMA_VERSION
 
@@ -90,7 +91,12 @@ def build_manifest(
             else None,
             "workers": cfg.workers,
         },
-        "platform": {"python": platform.python_version(), "machine": platform.machine()},
+        "platform": {
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            # speed only: compiled and pure-Python rules write identical shards
+            "rules_compiled": _compiled.status()["compiled"],
+        },
     }
 
 

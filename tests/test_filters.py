@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pipeline.families import Resources
 from pipeline.filters import group_keys, normalize, select
-from pipeline.generate import negatives_for
+from pipeline.negatives import negatives_for
 from pipeline.records import Candidate, CaptionRecord, Edit, RejectCounts, Replacement
 
 

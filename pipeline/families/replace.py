@@ -19,7 +19,6 @@ import logging
 import re
 import time
 from collections import Counter
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, NamedTuple
 
 from tqdm import tqdm
@@ -100,9 +99,11 @@ class VerbRow(NamedTuple):
     subjects: frozenset[int] | None
 
 
-@dataclass(frozen=True)
-class ReplaceTables:
-    """Everything the replace rules look up, precompiled for dictionary access only."""
+class ReplaceTables(NamedTuple):
+    """Everything the replace rules look up, precompiled for dictionary access only.
+
+    A NamedTuple, not a frozen dataclass: worker processes receive it pickled, and compiled
+    (mypyc) frozen dataclasses cannot be unpickled."""
 
     noun_single: dict[str, tuple[int, int]]  # surface -> (group id, number)
     noun_multi: dict[str, tuple[tuple[tuple[str, ...], int, int], ...]]  # last word -> (words before, gid, number)
@@ -203,7 +204,7 @@ def _member_count(counts: Counter, word: str, members: tuple[str, ...]) -> int:
 
 def lexicon_phrases(lex: Lexicon) -> set[str]:
     """Every multi-word term whose corpus count ranks candidates."""
-    out = set()
+    out: set[str] = set()
     for g in lex.noun_groups:
         for m in g.members:
             out.update((m, pluralize(m)))
@@ -266,7 +267,7 @@ def compile_tables(lex: Lexicon, counts: Counter | None = None) -> ReplaceTables
     for gid, row in enumerate(groups):
         if not row.generic:
             by_pool.setdefault(row.pool, []).append(gid)
-    object_cands = []
+    object_cands: list[tuple[tuple[int, int], ...]] = []
     for gid, row in enumerate(groups):
         if row.generic:
             object_cands.append(())
@@ -307,27 +308,27 @@ def compile_tables(lex: Lexicon, counts: Counter | None = None) -> ReplaceTables
     attrs: list[AttrRow] = []
     attr_words: dict[str, list[int]] = {}
     colour_words: set[str] = set()
-    for cat in lex.attributes:
-        for_ = resolve_nouns(cat.for_)[0] if cat.for_ is not None else None
-        not_for = resolve_nouns(cat.not_for)[0]
+    for acat in lex.attributes:
+        for_ = resolve_nouns(acat.for_)[0] if acat.for_ is not None else None
+        not_for = resolve_nouns(acat.not_for)[0]
         only: dict[int, frozenset[str]] = {}
-        for sel, allowed in cat.only_targets_for.items():
-            for g in resolve_nouns([sel])[0]:
-                only[g] = allowed
+        for sel, allowed in acat.only_targets_for.items():
+            for sel_gid in resolve_nouns([sel])[0]:
+                only[sel_gid] = allowed
         entries: dict[str, tuple[str, ...]] = {}
-        if cat.groups:
-            best = [max(g, key=lambda w: (counts.get(w, 0), -g.index(w))) for g in cat.groups]
-            for gi, g in enumerate(cat.groups):
-                for w in g:
-                    entries[w] = tuple(best[o] for o in range(len(cat.groups)) if o != gi)
-            if cat.rule == "colour":
-                colour_words.update(w for g in cat.groups for w in g)
-        for w, to in cat.contrasts.items():
-            entries[w] = to
-        for w, to in entries.items():
-            cands = _rank([(t, counts.get(t, 0)) for t in to], len(to))
+        if acat.groups:
+            best = [max(ws, key=lambda w: (counts.get(w, 0), -ws.index(w))) for ws in acat.groups]
+            for gi, ws in enumerate(acat.groups):
+                for w in ws:
+                    entries[w] = tuple(best[o] for o in range(len(acat.groups)) if o != gi)
+            if acat.rule == "colour":
+                colour_words.update(w for ws in acat.groups for w in ws)
+        for w, targets in acat.contrasts.items():
+            entries[w] = targets
+        for w, targets in entries.items():
+            cands = _rank([(t, counts.get(t, 0)) for t in targets], len(targets))
             attr_words.setdefault(w, []).append(len(attrs))
-            attrs.append(AttrRow(cat.rule, cat.pos, for_, not_for, cands, only))
+            attrs.append(AttrRow(acat.rule, acat.pos, for_, not_for, cands, only))
     numbers: dict[str, tuple[tuple[str, int], ...]] = {}
     for n, w in enumerate(lex.numbers):
         near = [lex.numbers[x] for x in (n - 1, n + 1) if 0 <= x < len(lex.numbers)]
@@ -346,10 +347,10 @@ def compile_tables(lex: Lexicon, counts: Counter | None = None) -> ReplaceTables
     rels: list[RelRow] = []
     rel_first: dict[str, list[tuple[tuple[str, ...], int]]] = {}
     for phrase, entry in lex.relations.items():
-        to = [t for t in entry.to if not rel_synonyms(phrase, t)]
+        rel_to = [t for t in entry.to if not rel_synonyms(phrase, t)]
         # one target per synonym group: "under" and "underneath" would make near-duplicate negatives
         uniq: list[str] = []
-        for t in sorted(to, key=lambda t: -counts.get(t, 0)):
+        for t in sorted(rel_to, key=lambda t: -counts.get(t, 0)):
             if not any(rel_synonyms(t, u) for u in uniq):
                 uniq.append(t)
         rid = len(rels)
