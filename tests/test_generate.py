@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -160,6 +162,30 @@ def test_killed_run_resumes(tmp_path, monkeypatch):
     assert shard_digests(out) == shard_digests(tmp_path / "clean")
     assert not list(out.glob(".partial-*"))
     assert clean["families"] == m["families"]
+
+
+_REAL_RUN_SHARD = gen_mod._run_shard
+
+
+def _dies_on_the_second_shard(task):  # module level: the executor pickles it by name
+    if task.index == 1:
+        os._exit(1)
+    return _REAL_RUN_SHARD(task)
+
+
+@pytest.mark.skipif("fork" not in __import__("multiprocessing").get_all_start_methods(), reason="needs fork")
+def test_a_worker_that_dies_stops_the_run_and_a_rerun_resumes(tmp_path, monkeypatch):
+    # a worker process that vanishes (killed, out of memory) must fail the run, not hang it
+    real = gen_mod._run_shard
+    monkeypatch.setattr(gen_mod, "_run_shard", _dies_on_the_second_shard)
+    with pytest.raises(BrokenProcessPool):
+        generate(config(tmp_path, workers=2))
+    assert not (tmp_path / "manifests" / "fixture.json").exists()
+    monkeypatch.setattr(gen_mod, "_run_shard", real)
+    m = generate(config(tmp_path, workers=2))
+    assert m["rows"] == 22
+    clean = generate(config(tmp_path, "clean"))
+    assert shard_digests(tmp_path / "out") == shard_digests(tmp_path / "clean")
 
 
 def test_changed_config_replaces_the_output_whole(tmp_path):
