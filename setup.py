@@ -34,9 +34,10 @@ class OptionalBuildExt(build_ext):
 
     def run(self) -> None:
         if self.inplace:  # an editable install: drop builds of modules no longer in the list
-            for module in COMPILED.extension_modules(ROOT) - set(COMPILED.COMPILED_MODULES):
-                for path in COMPILED.extension_files(module, ROOT):
-                    path.unlink()
+            for module, paths in COMPILED.extension_modules(ROOT).items():
+                if module not in COMPILED.COMPILED_MODULES:
+                    for path in paths:
+                        path.unlink()
         try:
             super().run()
         except Exception as e:  # no compiler, no headers: install anyway, pure Python

@@ -58,21 +58,16 @@ def source_digests(root: Path) -> dict[str, str]:
     return {m: hashlib.sha256(source_path(m, root).read_bytes()).hexdigest() for m in COMPILED_MODULES}
 
 
-def extension_files(module: str, root: Path) -> list[Path]:
-    """Compiled builds of ``module`` beside its source."""
-    stem = source_path(module, root).with_suffix("")
-    return [p for x in importlib.machinery.EXTENSION_SUFFIXES if (p := stem.with_name(stem.name + x)).exists()]
-
-
-def extension_modules(root: Path) -> set[str]:
-    """Modules of the package that have a compiled extension beside their source (any build)."""
+def extension_modules(root: Path) -> dict[str, list[Path]]:
+    """Modules of the package that have a compiled extension beside their source (any build), and
+    those extension files."""
     suffixes = sorted(importlib.machinery.EXTENSION_SUFFIXES, key=len, reverse=True)
-    found = set()
+    found: dict[str, list[Path]] = {}
     for path in (root / "pipeline").rglob("*.*"):
         suffix = next((x for x in suffixes if path.name.endswith(x)), None)
         if suffix is not None:
             rel = path.relative_to(root).with_name(path.name[: -len(suffix)])
-            found.add(".".join(rel.parts).removesuffix(".__init__"))
+            found.setdefault(".".join(rel.parts).removesuffix(".__init__"), []).append(path)
     return found
 
 
@@ -101,7 +96,7 @@ def _use_pure(reason: str, modules: set[str]) -> None:
 def activate() -> None:
     """Decide once, before any compiled module is imported, whether the compiled build may run."""
     root = _PACKAGE_DIR.parent
-    built = extension_modules(root)
+    built = set(extension_modules(root))
     if not built:
         _STATE.update(compiled=False, reason="not compiled (pure Python)")
         return
