@@ -40,7 +40,7 @@ class OptionalBuildExt(build_ext):
                         path.unlink()
         try:
             super().run()
-        except Exception as e:  # no compiler, no headers: install anyway, pure Python
+        except Exception as e:  # noqa: BLE001  (no compiler, no headers: install anyway, pure Python)
             for path in self.get_outputs():
                 Path(path).unlink(missing_ok=True)
             print(f"hardneg: compiling the rule modules failed ({e}); installing pure Python", file=sys.stderr)
