@@ -43,9 +43,15 @@ class OptionalBuildExt(build_ext):
         except Exception as e:  # noqa: BLE001  (no compiler, no headers: install anyway, pure Python)
             for path in self.get_outputs():
                 Path(path).unlink(missing_ok=True)
-            print(f"hardneg: compiling the rule modules failed ({e}); installing pure Python", file=sys.stderr)
+            banner = "!" * 78
+            print(f"{banner}\nhardneg: COMPILING THE RULE MODULES FAILED ({e});\n"
+                  f"installing pure Python (same output, about half the rule speed)\n{banner}", file=sys.stderr)
+            # recorded, so every run warns too (pipeline/_compiled.py), and `make setup` prints it
+            self._record({"failed": str(e) or type(e).__name__})
             return
-        info = {"sources": COMPILED.source_digests(ROOT), "compiler": "mypyc"}
+        self._record({"sources": COMPILED.source_digests(ROOT), "compiler": "mypyc"})
+
+    def _record(self, info: dict) -> None:
         targets = {Path(self.build_lib) / "pipeline"}
         if self.inplace:
             targets.add(ROOT / "pipeline")

@@ -35,8 +35,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import schema  # noqa: E402
+from pipeline.contract import schema  # noqa: E402
 from pipeline.records import Candidate, CaptionRecord  # noqa: E402
+from pipeline.rules.builder import to_row  # noqa: E402
 
 
 def bench_step(batch_size: int, k: int, repeats: int) -> dict:
@@ -152,7 +153,7 @@ def make_images(root: Path, n: int) -> list[str]:
             "attribute_swap": [Candidate("a man riding a white horse next to a small brown dog", "attribute_swap", "r", ((0, 1),), ((0, 1),))],
             "object_swap": [Candidate("a horse riding a brown man next to a small white dog", "object_swap", "r", ((0, 1),), ((0, 1),))],
         }
-        rows.append(schema.to_row(rec, cands))
+        rows.append(to_row(rec, cands))
     (root / "ds" / "train").mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pylist(rows, schema=schema.arrow_schema({"name": "bench"}))
     pq.write_table(table, root / "ds" / "train" / "shard-00000.parquet", row_group_size=128)

@@ -2,7 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import _compiled
+from pipeline import _compiled
 
 _compiled.activate()  # before any compiled module is imported: never run a stale build
 

@@ -25,24 +25,26 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-#: the modules compiled by setup.py: everything that runs once per caption. (Not ``records``: its
-#: frozen dataclasses cross process boundaries, and compiled ones cannot be unpickled.)
-COMPILED_MODULES: tuple[str, ...] = (
-    "pipeline.grammar",
-    "pipeline.syntax",
-    "pipeline.realize",
-    "pipeline.filters",
-    "pipeline.schema",
-    "pipeline.negatives",
-    "pipeline.families",
-    "pipeline.families.swap",
-    "pipeline.families.replace",
-)
+#: the compile boundary: every module of this package (everything that runs once per caption) is
+#: compiled, or none is. Types that cross process boundaries live outside it (``pipeline.records``):
+#: compiled frozen dataclasses cannot be unpickled.
+RULES_PACKAGE = "pipeline.rules"
+
+
+def rule_modules(root: Path) -> tuple[str, ...]:
+    """The modules of :data:`RULES_PACKAGE` found under ``root`` (the folder that holds ``pipeline/``)."""
+    base = root.joinpath(*RULES_PACKAGE.split("."))
+    names = {".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__") for p in base.rglob("*.py")}
+    return tuple(sorted(names))
+
+
 #: written next to the package by setup.py after a successful build
 BUILD_INFO = "_compiled.json"
 PURE_ENV = "HARDNEG_PURE"
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
+#: the modules setup.py compiles
+COMPILED_MODULES: tuple[str, ...] = rule_modules(_PACKAGE_DIR.parent)
 _STATE: dict[str, Any] = {"compiled": False, "reason": "not checked"}
 
 
@@ -97,6 +99,15 @@ def activate() -> None:
     """Decide once, before any compiled module is imported, whether the compiled build may run."""
     root = _PACKAGE_DIR.parent
     built = set(extension_modules(root))
+    failed = build_failure()
+    if failed:
+        log.warning(
+            "compiling the rule modules failed when hardneg was installed (%s): running pure Python, same "
+            "output at about half the rule speed; install a C compiler and reinstall (`make setup`)",
+            failed,
+        )
+        _use_pure(f"build failed: {failed}", built | set(COMPILED_MODULES))
+        return
     if not built:
         _STATE.update(compiled=False, reason="not compiled (pure Python)")
         return
@@ -122,6 +133,15 @@ def activate() -> None:
         _use_pure(f"stale build: {', '.join(changed)}", shadowed)
         return
     _STATE.update(compiled=True, reason="compiled with mypyc")
+
+
+def build_failure() -> str | None:
+    """Why the last install's compile failed, when it was attempted and failed (setup.py records it)."""
+    try:
+        info = json.loads((_PACKAGE_DIR / BUILD_INFO).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return str(info["failed"]) if isinstance(info, dict) and info.get("failed") else None
 
 
 def status() -> dict[str, Any]:

@@ -10,6 +10,7 @@ whole when it completes, so two configs never mix.
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import multiprocessing as mp
 import os
@@ -23,18 +24,21 @@ from typing import Any
 
 from tqdm import tqdm
 
-from . import __version__, _compiled
-from .config import GenerateConfig, config_hash
-from .errors import ConfigError
-from .families import Resources, available_families
-from .filters import group_keys
-from .manifest import build_manifest, manifest_path
-from .negatives import add_negatives
-from .nlp import load_nlp, model_info, model_version, parse, resolve_model
-from .records import CaptionRecord, RejectCounts, Skip
-from .schema import SCHEMA_VERSION, ShardBuilder, arrow_schema
-from .shards import shard_meta, write_json_atomic, write_table_atomic
-from .sources import fingerprint, iter_source, source_name
+from pipeline import __version__, _compiled
+from pipeline.config import GenerateConfig
+from pipeline.contract.manifest import build_manifest
+from pipeline.contract.schema import SCHEMA_VERSION, arrow_schema
+from pipeline.contract.shards import shard_meta
+from pipeline.core.atomic import write_json_atomic, write_table_atomic
+from pipeline.core.config import config_hash
+from pipeline.core.errors import ConfigError
+from pipeline.nlp import load_nlp, model_info, model_version, parse, resolve_model
+from pipeline.records import CaptionRecord, RejectCounts, Skip
+from pipeline.rules.builder import ShardBuilder
+from pipeline.rules.families import Resources, available_families
+from pipeline.rules.filters import group_keys
+from pipeline.rules.negatives import add_negatives
+from pipeline.sources import fingerprint, iter_source, source_name
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +173,7 @@ def run_identity(cfg: GenerateConfig, input_fp: str, model: str) -> dict[str, An
         "spacy_model_version": model_version(model),
     }
     if cfg.use_wordnet and any(f.endswith("_replace") for f in cfg.families):
-        from .lexicon import wordnet_available
+        from pipeline.lexicon import wordnet_available
 
         # installing or removing WordNet changes the replace families' output
         identity["wordnet"] = wordnet_available()
@@ -249,6 +253,7 @@ def generate(cfg: GenerateConfig) -> dict[str, Any]:
             "shards_resumed": len(plan) - len(tasks),
         },
         spacy=next((st.spacy for st, _ in done.values() if st.spacy), {"name": model, "version": model_version(model)}),
+        rules_compiled=bool(_compiled.status()["compiled"]),
     )
     write_json_atomic(manifest, out / "manifest.json")
     write_json_atomic(manifest, mpath)  # written last: its presence means the run completed
@@ -260,7 +265,7 @@ def build_resources(cfg: GenerateConfig, records: list[CaptionRecord]) -> Resour
     needs = [f for f in cfg.families if f.endswith("_replace")]
     if not needs:
         return Resources()
-    from .families.replace import build_resources as build_replace
+    from pipeline.rules.families.replace import build_resources as build_replace
 
     return build_replace(cfg, [r.caption for r in records])
 
@@ -307,8 +312,6 @@ def _run_tasks(
 
 def _finished_shard(path: Path, run_hash: str) -> tuple[ShardStats, dict[str, Any]] | None:
     """Stats of a shard that a previous run of the same config completed, or None."""
-    import json
-
     sp = _stats_path(path)
     if not (path.exists() and sp.exists()):
         return None
@@ -316,7 +319,7 @@ def _finished_shard(path: Path, run_hash: str) -> tuple[ShardStats, dict[str, An
         if shard_meta(path).get("config_hash") != run_hash:
             return None
         data = json.loads(sp.read_text(encoding="utf-8"))
-        from .shards import sha256_file
+        from pipeline.core.atomic import sha256_file
 
         if data["shard"]["sha256"] != sha256_file(path):
             return None
@@ -424,3 +427,7 @@ def _outputs_intact(out: Path, state: dict[str, Any]) -> bool:
         if not p.exists() or p.stat().st_size != s["bytes"]:
             return False
     return bool(state.get("shards"))
+
+
+def manifest_path(cfg: GenerateConfig) -> Path:
+    return Path(cfg.manifest_dir) / f"{cfg.name}.json"

@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .errors import HardnegError
+from pipeline.core.errors import HardnegError
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ import logging
 from importlib import metadata
 from typing import Any, Iterable, Iterator
 
-from .config import ParseConfig
-from .errors import ModelError
+from pipeline.config import ParseConfig
+from pipeline.core.errors import ModelError
 
 log = logging.getLogger(__name__)
 

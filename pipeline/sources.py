@@ -35,9 +35,9 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .config import SourceConfig
-from .errors import ConfigError, SourceError
-from .records import CaptionRecord, Skip
+from pipeline.config import SourceConfig
+from pipeline.core.errors import ConfigError, SourceError
+from pipeline.records import CaptionRecord, Skip
 
 log = logging.getLogger(__name__)
 

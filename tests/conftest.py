@@ -16,7 +16,7 @@ def nlp():
 @pytest.fixture(scope="session")
 def parsed(nlp):
     """``parsed(caption) -> ParsedCaption``."""
-    from pipeline.families import ParsedCaption
+    from pipeline.rules.families import ParsedCaption
 
     def _parse(text: str):
         return ParsedCaption.from_doc(nlp(text), text)

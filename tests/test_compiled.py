@@ -24,10 +24,10 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 PROBE = """
 import json, sys
-import pipeline.syntax, pipeline.families.swap, pipeline.records
+import pipeline.rules.syntax, pipeline.rules.families.swap, pipeline.records
 from pipeline._compiled import status
-print(json.dumps({"status": status(), "syntax": pipeline.syntax.__file__,
-                  "swap": pipeline.families.swap.__file__, "records": pipeline.records.__file__}))
+print(json.dumps({"status": status(), "syntax": pipeline.rules.syntax.__file__,
+                  "swap": pipeline.rules.families.swap.__file__, "records": pipeline.records.__file__}))
 """
 
 
@@ -62,16 +62,16 @@ def test_a_matching_build_is_preferred(fake_build):
     # fake one cannot load, which proves the extension, not the .py, would run
     with pytest.raises(subprocess.CalledProcessError) as e:
         probe(fake_build)
-    assert "syntax" in e.value.stderr and "ImportError" in e.value.stderr
+    assert "pipeline/rules/" in e.value.stderr and "ImportError" in e.value.stderr
 
 
 def test_an_edited_source_runs_as_python_with_a_warning(fake_build):
-    swap = fake_build / "pipeline" / "families" / "swap.py"
+    swap = fake_build / "pipeline" / "rules" / "families" / "swap.py"
     swap.write_text(swap.read_text() + "\n# edited after the build\n")
     got = probe(fake_build)
-    assert got["status"] == {"compiled": False, "reason": "stale build: pipeline.families.swap"}
-    assert got["syntax"].endswith("pipeline/syntax.py") and got["swap"].endswith("pipeline/families/swap.py")
-    assert "pipeline.families.swap changed since hardneg was compiled" in got["stderr"]
+    assert got["status"] == {"compiled": False, "reason": "stale build: pipeline.rules.families.swap"}
+    assert got["syntax"].endswith("pipeline/rules/syntax.py") and got["swap"].endswith("pipeline/rules/families/swap.py")
+    assert "pipeline.rules.families.swap changed since hardneg was compiled" in got["stderr"]
 
 
 def test_a_leftover_build_of_a_module_no_longer_compiled_is_ignored(fake_build):
@@ -79,13 +79,13 @@ def test_a_leftover_build_of_a_module_no_longer_compiled_is_ignored(fake_build):
     (fake_build / "pipeline" / f"records{suffix}").write_bytes(b"left over")
     got = probe(fake_build)
     assert got["status"] == {"compiled": False, "reason": "stale build: pipeline.records"}
-    assert got["records"].endswith("pipeline/records.py") and got["syntax"].endswith("pipeline/syntax.py")
+    assert got["records"].endswith("pipeline/records.py") and got["syntax"].endswith("pipeline/rules/syntax.py")
 
 
 def test_hardneg_pure_forces_the_sources(fake_build):
     got = probe(fake_build, HARDNEG_PURE="1")
     assert got["status"] == {"compiled": False, "reason": "HARDNEG_PURE is set"}
-    assert got["syntax"].endswith("pipeline/syntax.py")
+    assert got["syntax"].endswith("pipeline/rules/syntax.py")
 
 
 def test_no_build_is_plain_python(tmp_path):
@@ -100,7 +100,7 @@ import json, sys, logging
 from pipeline.config import GenerateConfig, SourceConfig
 from pipeline.generate import generate
 from pipeline._compiled import status
-from pipeline.shards import sha256_file
+from pipeline.core.atomic import sha256_file
 from pathlib import Path
 out = Path(sys.argv[2])
 cfg = GenerateConfig(name="parity", source=SourceConfig(path=sys.argv[1], split="val"), out=str(out / "o"),
@@ -128,3 +128,19 @@ def test_compiled_and_pure_write_identical_shards(tmp_path):
     assert runs["compiled"]["shards"] == runs["pure"]["shards"]
     assert runs["compiled"]["families"] == runs["pure"]["families"]
     assert sum(f["negatives"] for f in runs["pure"]["families"].values()) > 0
+
+
+def test_a_failed_build_is_reported_and_runs_the_sources(tmp_path):
+    shutil.copytree(ROOT / "pipeline", tmp_path / "pipeline", ignore=shutil.ignore_patterns("*.so", "__pycache__", "_compiled.json"))
+    (tmp_path / "pipeline" / _compiled.BUILD_INFO).write_text(json.dumps({"failed": "error: command 'cc' failed"}))
+    got = probe(tmp_path)
+    assert got["status"] == {"compiled": False, "reason": "build failed: error: command 'cc' failed"}
+    assert "compiling the rule modules failed when hardneg was installed (error: command 'cc' failed)" in got["stderr"]
+    assert got["syntax"].endswith("pipeline/rules/syntax.py")
+
+
+def test_the_compile_boundary_is_the_rules_package():
+    assert _compiled.COMPILED_MODULES[0] == "pipeline.rules"
+    assert all(m.startswith("pipeline.rules") for m in _compiled.COMPILED_MODULES)
+    assert {"pipeline.rules.syntax", "pipeline.rules.families.swap", "pipeline.rules.builder"} <= set(_compiled.COMPILED_MODULES)
+    assert "pipeline.records" not in _compiled.COMPILED_MODULES

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import GenerateConfig, apply_overrides, config_hash, from_dict, load_yaml_section
-from pipeline.errors import ConfigError
+from pipeline.config import GenerateConfig
+from pipeline.core.config import apply_overrides, config_hash, from_dict, load_yaml_section
+from pipeline.core.errors import ConfigError
 
 
 def test_from_dict_nested_and_typed():

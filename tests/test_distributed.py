@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from trainer_shards import FAMILIES, global_batch, shapes_dataset
 
 from trainer.config import LossConfig, ModelConfig
 from trainer.data import ImageSpec
 from trainer.loop import encode_batch, global_losses
 from trainer.models import build_model
-from trainer_shards import FAMILIES, global_batch, shapes_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -288,7 +288,7 @@ def _fake_run(root: Path, name: str, steps: int, acc: dict[str, float]) -> tuple
 
 
 def test_compare_refuses_runs_of_different_length(tmp_path: Path) -> None:
-    from pipeline.errors import ConfigError
+    from pipeline.core.errors import ConfigError
     from trainer.compare import compare
 
     runs = {

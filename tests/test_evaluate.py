@@ -7,9 +7,10 @@ import json
 import pytest
 import torch
 from PIL import Image
+from trainer_shards import COLORS, SHAPES, shape_image, shapes_dataset
 
 from pipeline.cli import main
-from pipeline.errors import ConfigError, SourceError
+from pipeline.core.errors import ConfigError, SourceError
 from trainer.config import ModelConfig, eval_config
 from trainer.data import ImageSpec, decode_image, normalize_images, open_image
 from trainer.evaluate import (
@@ -21,8 +22,6 @@ from trainer.evaluate import (
     retrieval_recall,
 )
 from trainer.models import build_model
-from trainer_shards import COLORS, SHAPES, shape_image, shapes_dataset
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from pipeline.families import Resources
-from pipeline.filters import group_keys, normalize, select
-from pipeline.negatives import negatives_for
 from pipeline.records import Candidate, CaptionRecord, Edit, RejectCounts, Replacement
+from pipeline.rules.families import Resources
+from pipeline.rules.filters import group_keys, normalize, select
+from pipeline.rules.negatives import negatives_for
 
 
 def run(parsed, caption, families, group=(), k=3, seed=0):

@@ -14,10 +14,10 @@ import pytest
 from pipeline import generate as gen_mod
 from pipeline.cli import main
 from pipeline.config import GenerateConfig, SourceConfig
-from pipeline.errors import ConfigError, SourceError
+from pipeline.contract.schema import FAMILY_COLUMNS, SCHEMA_VERSION, read_meta
+from pipeline.core.atomic import sha256_file
+from pipeline.core.errors import ConfigError, SourceError
 from pipeline.generate import generate
-from pipeline.schema import FAMILY_COLUMNS, SCHEMA_VERSION, read_meta
-from pipeline.shards import sha256_file
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CAPTIONS = FIXTURES / "captions.jsonl"
@@ -184,7 +184,7 @@ def test_a_worker_that_dies_stops_the_run_and_a_rerun_resumes(tmp_path, monkeypa
     monkeypatch.setattr(gen_mod, "_run_shard", real)
     m = generate(config(tmp_path, workers=2))
     assert m["rows"] == 22
-    clean = generate(config(tmp_path, "clean"))
+    generate(config(tmp_path, "clean"))
     assert shard_digests(tmp_path / "out") == shard_digests(tmp_path / "clean")
 
 

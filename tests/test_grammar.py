@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.grammar import agree_verb, indefinite_article, pluralize, singularize
+from pipeline.rules.grammar import agree_verb, indefinite_article, pluralize, singularize
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,7 @@ def lse(*xs: float) -> float:
 
 
 S = torch.tensor(2.0)
-I = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+IMG = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
 T = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
 N = torch.tensor([[[0.6, 0.8]], [[0.6, 0.8]]])
 BOTH = torch.tensor([[True], [True]])
@@ -34,26 +34,26 @@ FIRST = torch.tensor([[True], [False]])
 def test_contrastive_without_negatives_is_clip():
     # each row: logits (2, 0) or (0, 2), target the 2
     expected = lse(2, 0) - 2
-    assert contrastive_loss(I, T, S).item() == pytest.approx(expected, abs=1e-6)
+    assert contrastive_loss(IMG, T, S).item() == pytest.approx(expected, abs=1e-6)
 
 
 def test_contrastive_with_hard_negatives():
     # image->text columns [T1, T2, N1, N2]: I1 -> (2, 0, 1.2, 1.2), I2 -> (0, 2, 1.6, 1.6)
     i2t = ((lse(2, 0, 1.2, 1.2) - 2) + (lse(0, 2, 1.6, 1.6) - 2)) / 2
     t2i = lse(2, 0) - 2
-    assert contrastive_loss(I, T, S, N, BOTH).item() == pytest.approx((i2t + t2i) / 2, abs=1e-6)
+    assert contrastive_loss(IMG, T, S, N, BOTH).item() == pytest.approx((i2t + t2i) / 2, abs=1e-6)
 
 
 def test_contrastive_excludes_masked_negatives():
     # only N1 enters: columns [T1, T2, N1]
     i2t = ((lse(2, 0, 1.2) - 2) + (lse(0, 2, 1.6) - 2)) / 2
     t2i = lse(2, 0) - 2
-    got = contrastive_loss(I, T, S, N, FIRST).item()
+    got = contrastive_loss(IMG, T, S, N, FIRST).item()
     assert got == pytest.approx((i2t + t2i) / 2, abs=1e-6)
     # whatever sits in the masked slot does not matter
     junk = N.clone()
     junk[1, 0] = torch.tensor([0.0, 1.0])
-    assert contrastive_loss(I, T, S, junk, FIRST).item() == pytest.approx(got, abs=1e-7)
+    assert contrastive_loss(IMG, T, S, junk, FIRST).item() == pytest.approx(got, abs=1e-7)
 
 
 def test_contrastive_matches_open_clip_cliploss():
@@ -106,7 +106,7 @@ def test_imc_without_any_valid_negative_is_zero_with_graph():
     ],
 )
 def test_cmr_hand_values(policy, fixed, bound, theta, loss):
-    got, th = cmr_loss(I, T, N, BOTH, S, policy, fixed, bound)
+    got, th = cmr_loss(IMG, T, N, BOTH, S, policy, fixed, bound)
     assert th.tolist() == pytest.approx([theta], abs=1e-6)
     assert got.item() == pytest.approx(loss, abs=1e-6)
 
@@ -120,13 +120,13 @@ def test_cmr_threshold_is_clamped_at_zero_and_nan_for_empty_family():
     assert math.isnan(th[1].item())
     # with theta 0 the loss is the mean amount by which negatives win
     n = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])  # s<I,N> = 2 = s<I,T>: gaps 0 -> no loss
-    got, _ = cmr_loss(I, T, n, BOTH, S, "mean")
+    got, _ = cmr_loss(IMG, T, n, BOTH, S, "mean")
     assert got.item() == 0.0
 
 
 def test_cmr_ignores_masked_pairs_and_their_gradient():
     n = N.clone().requires_grad_(True)
-    got, th = cmr_loss(I, T, n, FIRST, S, "fixed", 1.0, 10.0)
+    got, th = cmr_loss(IMG, T, n, FIRST, S, "fixed", 1.0, 10.0)
     # only pair (1,1): relu(1 - 0.8) = 0.2
     assert got.item() == pytest.approx(0.2, abs=1e-6)
     got.backward()
@@ -135,7 +135,7 @@ def test_cmr_ignores_masked_pairs_and_their_gradient():
 
 
 def test_cmr_thresholds_are_detached():
-    i = I.clone().requires_grad_(True)
+    i = IMG.clone().requires_grad_(True)
     loss, th = cmr_loss(i, T, N, BOTH, S, "mean")
     assert not th.requires_grad
     loss.backward()
@@ -146,25 +146,25 @@ def test_cmr_thresholds_are_detached():
 
 def test_total_is_weighted_sum_and_switches():
     cfg = LossConfig(w_imc=0.3, w_cmr=0.2)
-    out = ce_clip_loss(I, T, N, BOTH, S, cfg)
-    c = contrastive_loss(I, T, S, N, BOTH)
+    out = ce_clip_loss(IMG, T, N, BOTH, S, cfg)
+    c = contrastive_loss(IMG, T, S, N, BOTH)
     m = imc_loss(T, N, BOTH, S)
-    r, _ = cmr_loss(I, T, N, BOTH, S)
+    r, _ = cmr_loss(IMG, T, N, BOTH, S)
     assert out["total"].item() == pytest.approx((c + 0.3 * m + 0.2 * r).item(), abs=1e-6)
     assert out["thresholds"].tolist() == pytest.approx([0.6], abs=1e-6)
     assert out["gaps"].tolist() == pytest.approx([0.6], abs=1e-6)
     assert out["valid"].tolist() == [2]
 
-    clip = ce_clip_loss(I, T, N, BOTH, S, LossConfig(hard_negatives=False, imc=False, cmr=False))
-    assert clip["total"].item() == pytest.approx(contrastive_loss(I, T, S).item(), abs=1e-6)
+    clip = ce_clip_loss(IMG, T, N, BOTH, S, LossConfig(hard_negatives=False, imc=False, cmr=False))
+    assert clip["total"].item() == pytest.approx(contrastive_loss(IMG, T, S).item(), abs=1e-6)
     assert "imc" not in clip and "cmr" not in clip
 
-    negclip = ce_clip_loss(I, T, N, BOTH, S, LossConfig(imc=False, cmr=False))
+    negclip = ce_clip_loss(IMG, T, N, BOTH, S, LossConfig(imc=False, cmr=False))
     assert negclip["total"].item() == pytest.approx(c.item(), abs=1e-6)
 
 
 def test_gradients_flow_to_logit_scale_and_all_features():
-    i = I.clone().requires_grad_(True)
+    i = IMG.clone().requires_grad_(True)
     t = T.clone().requires_grad_(True)
     n = N.clone().requires_grad_(True)
     s = S.clone().requires_grad_(True)

@@ -14,16 +14,16 @@ from types import SimpleNamespace
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from hub_standin import StandinHub
 
 from pipeline.config import GenerateConfig, SourceConfig
-from pipeline.errors import ConfigError, HardnegError
-from pipeline.manifest import build_manifest
-from pipeline.publish import plan_commits, publish, size_category
+from pipeline.contract.schema import arrow_schema, hf_features, rows_to_table
+from pipeline.core.atomic import sha256_file, write_json_atomic, write_table_atomic
+from pipeline.core.errors import ConfigError, HardnegError
+from pipeline.generate import build_manifest
+from pipeline.publish.publish import plan_commits, publish, size_category
 from pipeline.records import Candidate, CaptionRecord
-from pipeline.schema import arrow_schema, hf_features, rows_to_table, to_row
-from pipeline.shards import sha256_file, write_json_atomic, write_table_atomic
-
-from hub_standin import StandinHub
+from pipeline.rules.builder import to_row
 
 TOKEN = "hf_standin_test_token"
 FAMILIES = ["relation_swap", "attribute_swap", "object_swap", "object_replace"]
@@ -305,7 +305,7 @@ def test_embedded_images_are_left_out_unless_with_images(tmp_path: Path):
 
 
 def test_with_images_on_a_dataset_without_bytes_warns_and_publishes_paths(dataset: Path, tmp_path: Path, caplog):
-    with caplog.at_level(logging.WARNING, logger="pipeline.publish"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.publish.publish"):
         result = publish(dataset, "someone/x", dry_run_dir=tmp_path / "repo", with_images=True)
     assert not result["images_included"]
     assert "embeds no image bytes" in caplog.text
@@ -357,7 +357,7 @@ def test_cli_dry_run(dataset: Path, tmp_path: Path):
 
 
 def test_plan_commits_bounds_size_and_puts_the_card_last():
-    from pipeline.publish import RepoEntry
+    from pipeline.publish.publish import RepoEntry
 
     entries = [RepoEntry(f"data/t-{i}", Path("x"), size, "0", "t") for i, size in enumerate([40, 40, 30, 90, 10])]
     entries.append(RepoEntry("README.md", Path("x"), 5, "0", origin="card"))

@@ -13,10 +13,10 @@ import pickle
 import pytest
 
 from pipeline.config import GenerateConfig
-from pipeline.families import Resources, get_family
-from pipeline.families.replace import build_resources, compile_tables, corpus_counts, tables_of
 from pipeline.lexicon import extend_with_wordnet, inflect_verb, load_lexicon, wordnet_available
-from pipeline.realize import realize
+from pipeline.rules.families import Resources, get_family
+from pipeline.rules.families.replace import build_resources, compile_tables, corpus_counts, tables_of
+from pipeline.rules.realize import realize
 
 CORPUS = (
     ["A cat is standing on a table."] * 6
@@ -489,7 +489,7 @@ class _Synset:
         return self._name
 
     def lemma_names(self):
-        return [l.name() for l in self._lemmas]
+        return [lemma.name() for lemma in self._lemmas]
 
     def lemmas(self):
         return self._lemmas

@@ -15,21 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.blind import (
-    BlindCheck,
-    BlindConfig,
-    NgramScorer,
-    blind_check,
-    tokenize,
-    wilson_interval,
-)
 from pipeline.config import GenerateConfig, SourceConfig
-from pipeline.errors import ConfigError
-from pipeline.manifest import build_manifest
+from pipeline.contract.schema import arrow_schema, rows_to_table
+from pipeline.core.atomic import write_json_atomic, write_table_atomic
+from pipeline.core.errors import ConfigError
+from pipeline.generate import build_manifest
 from pipeline.records import Candidate, CaptionRecord
-from pipeline.report import PLOTS, REPORT_JSON, REPORT_MD, ReportConfig, build_report
-from pipeline.schema import arrow_schema, rows_to_table, to_row
-from pipeline.shards import write_json_atomic, write_table_atomic
+from pipeline.report.blind import BlindCheck, BlindConfig, NgramScorer, blind_check, tokenize, wilson_interval
+from pipeline.report.report import PLOTS, REPORT_JSON, REPORT_MD, ReportConfig, build_report
+from pipeline.rules.builder import to_row
 
 # --------------------------------------------------------------------------- caption fixtures
 
@@ -231,7 +225,7 @@ def _png_size(path: Path) -> tuple[int, int]:
 
 
 def test_report_json_counts_equal_the_dataset(tmp_path: Path):
-    from pipeline.dataset import summarize
+    from pipeline.contract.dataset import summarize
 
     ds = make_dataset(tmp_path)
     out = tmp_path / "rep"
@@ -293,7 +287,7 @@ def test_report_md_tables_and_plots(tmp_path: Path):
 
 
 def test_report_without_manifest_and_publish_card_shows_the_blind_check(tmp_path: Path):
-    from pipeline.publish import _report_lines
+    from pipeline.publish.publish import _report_lines
 
     ds = make_dataset(tmp_path, with_manifest=False)
     report = build_report(ds, tmp_path / "rep", ReportConfig())

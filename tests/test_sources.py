@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import SourceConfig
-from pipeline.errors import ConfigError, SourceError
+from pipeline.core.errors import ConfigError, SourceError
 from pipeline.records import CaptionRecord, Skip
 from pipeline.sources import detect_format, fingerprint, iter_source, source_name
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.families import Resources, get_family
-from pipeline.realize import realize
+from pipeline.rules.families import Resources, get_family
+from pipeline.rules.realize import realize
 
 
 def proposals(parsed, caption: str, family: str) -> list[tuple[str, str, bool]]:

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from pipeline.cli import main
-from pipeline.errors import ConfigError
-from pipeline.synth import (
+from pipeline.core.errors import ConfigError
+from pipeline.synth.world import (
     PALETTE,
     TEMPLATES_2,
     TEMPLATES_3,
@@ -25,12 +25,12 @@ from pipeline.synth import (
     Triple,
     _caption_two,
     article,
-    make_captions,
-    sample_scene,
     collision_stats,
     generate_world,
     heldout_pairs,
     load_config,
+    make_captions,
+    sample_scene,
 )
 
 

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from trainer_shards import FAMILIES, shapes_dataset
 
 from pipeline.cli import main
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 from trainer.config import LossConfig, ModelConfig, train_config
 from trainer.data import ImageSpec, NegativeStream, ShardIndex
 from trainer.loop import encode_batch, global_losses, lr_lambda, param_groups, train
 from trainer.models import build_model
-from trainer_shards import FAMILIES, shapes_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 

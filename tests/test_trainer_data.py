@@ -12,10 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
+from trainer_shards import FAMILIES, shape_image, shapes_dataset, shapes_rows, write_shard
 
-from pipeline import schema
-from pipeline.errors import ConfigError, SourceError
+from pipeline.core.errors import ConfigError, SourceError
 from pipeline.records import CaptionRecord
+from pipeline.rules.builder import to_row
 from trainer.data import (
     ImageSkip,
     ImageSpec,
@@ -27,7 +28,6 @@ from trainer.data import (
     normalize_images,
     pick_negative,
 )
-from trainer_shards import FAMILIES, shape_image, shapes_dataset, shapes_rows, write_shard
 
 SPEC = ImageSpec(64, 64, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
 
@@ -175,7 +175,7 @@ def test_pick_negative_is_stable_and_varies_over_epochs():
 def _record(i: int, *, data: bytes | None = None, path: str | None = None) -> dict:
     rec = CaptionRecord(id=f"b{i}", caption="a red circle", image_path=path, source="t", split="train",
                         group=f"b{i}", image_bytes=data)
-    return schema.to_row(rec, {})
+    return to_row(rec, {})
 
 
 def test_missing_corrupt_and_absent_images_are_counted_and_skipped(tmp_path):

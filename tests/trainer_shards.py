@@ -15,8 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
-from pipeline import schema
+from pipeline.contract import schema
 from pipeline.records import Candidate, CaptionRecord
+from pipeline.rules.builder import to_row
 
 COLORS = {"red": (220, 30, 30), "green": (40, 160, 60), "blue": (40, 80, 220), "yellow": (240, 220, 30)}
 SHAPES = ("circle", "square", "triangle")
@@ -64,7 +65,7 @@ def shapes_rows(n: int, *, image_dir: Path | None = None, start: int = 0, fmt: s
             "attribute_replace": [cand(f"a {c} {shape}", "attribute_replace") for c in other_colors],
             "object_replace": [cand(f"a {color} {s}", "object_replace") for s in other_shapes],
         }
-        rows.append(schema.to_row(rec, cands))
+        rows.append(to_row(rec, cands))
     return rows
 
 

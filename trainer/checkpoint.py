@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.errors import ConfigError
-from pipeline.shards import atomic_path, write_bytes_atomic
+from pipeline.core.atomic import atomic_path, write_bytes_atomic
+from pipeline.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

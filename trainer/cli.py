@@ -1,4 +1,4 @@
-"""``hardneg train`` and ``hardneg eval``: flags and ``--config/--set`` mapped onto the typed configs.
+"""``hardneg train``, ``eval``, ``train-curves``, ``compare`` and ``compare-report``: flags and ``--config/--set`` mapped onto the typed configs.
 
 Precedence: dataclass defaults < ``--config FILE --section S`` < explicit flags < ``--set key=value``.
 torch and open_clip are imported only when a command runs, so ``hardneg --help`` stays fast.
@@ -9,22 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+from collections.abc import Sequence
 from typing import Any
 
-from pipeline.config import apply_overrides, from_dict, load_yaml_section
-from pipeline.generate_cli import add_config_args
-
-from .config import EvalConfig, TrainConfig
+from pipeline.core.config import add_config_args, config_from_args
+from pipeline.core.errors import ConfigError
+from trainer.config import OBJECTIVES, EvalConfig, TrainConfig
 
 log = logging.getLogger("hardneg")
-
-#: ``--objective`` presets: each is a set of loss switches
-OBJECTIVES: dict[str, dict[str, Any]] = {
-    "clip": {"loss.hard_negatives": False, "loss.imc": False, "loss.cmr": False},
-    "negclip": {"loss.hard_negatives": True, "loss.imc": False, "loss.cmr": False},
-    "ce-clip": {"loss.hard_negatives": True, "loss.imc": True, "loss.cmr": True},
-}
-
 
 def _csv(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
@@ -49,15 +42,6 @@ def _model_flags(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _build(cls: type, args: argparse.Namespace, flags: dict[str, Any]) -> Any:
-    base = load_yaml_section(args.config, args.section) if args.config else {}
-    cfg = from_dict(cls, base)
-    cfg = apply_overrides(cfg, {k: v for k, v in flags.items() if v is not None})
-    cfg = apply_overrides(cfg, args.overrides)
-    cfg.validate()
-    return cfg
-
-
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     flags: dict[str, Any] = {
         **_model_flags(args),
@@ -71,7 +55,7 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         flags.update(OBJECTIVES[args.objective])
     if args.no_progress:
         flags["progress"] = False
-    return _build(TrainConfig, args, flags)
+    return config_from_args(TrainConfig, args, flags)
 
 
 def eval_config_from_args(args: argparse.Namespace) -> EvalConfig:
@@ -86,11 +70,11 @@ def eval_config_from_args(args: argparse.Namespace) -> EvalConfig:
     }
     if args.no_progress:
         flags["progress"] = False
-    return _build(EvalConfig, args, flags)
+    return config_from_args(EvalConfig, args, flags)
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .loop import train
+    from trainer.loop import train
 
     cfg = train_config_from_args(args)
     res = train(cfg)
@@ -99,7 +83,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate
+    from trainer.evaluate import evaluate
 
     cfg = eval_config_from_args(args)
     metrics = evaluate(cfg)
@@ -109,6 +93,12 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    _register_train_eval(sub)
+    _register_curves(sub)
+    _register_compare(sub)
+
+
+def _register_train_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="fine-tune an open_clip model on negative shards with the CE-CLIP losses",
@@ -163,3 +153,107 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_config_args(p, "eval")
     p.set_defaults(func=_eval)
+
+
+# --------------------------------------------------------------------------- train-curves
+
+
+def _train_curves(args: argparse.Namespace) -> int:
+    if args.threads and args.threads > 1:
+        # idle OpenMP threads sleep instead of spinning: on a shared machine a spinning pool
+        # loses far more than it gains (read when torch loads, so before the import below)
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from trainer.curves import CurveConfig, train_with_curves
+
+    flags: dict[str, Any] = dict(OBJECTIVES[args.objective]) if args.objective else {}
+    if args.output_dir:
+        flags["output_dir"] = args.output_dir
+    if args.no_progress:
+        flags["progress"] = False
+    tcfg = config_from_args(TrainConfig, args, flags)
+    ccfg = config_from_args(CurveConfig, args, section=args.curves_section or "", overrides=args.curve_overrides)
+    res = train_with_curves(tcfg, ccfg)
+    log.info("done: %d steps, final loss %s, curve %s", res["steps"], res["final_loss"], res["curve"]["path"])
+    return 0
+
+
+def _register_curves(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train-curves",
+        help="hardneg train, scoring held-out per-family accuracy every N steps (accuracy-vs-step curve)",
+        description="Train like `hardneg train` (settings from --config/--section/--set) and score each "
+        "checkpoint on held-out negative shards; writes <output_dir>/curve.csv and curve.json.",
+    )
+    p.add_argument("--config", help="YAML file (e.g. params.yaml)")
+    p.add_argument("--section", default="train", help="training section of --config (default: train)")
+    p.add_argument("--curves-section", default="curves", help="curve section of --config (default: curves)")
+    p.add_argument("--objective", choices=sorted(OBJECTIVES), help="loss preset: clip, negclip, ce-clip")
+    p.add_argument("--output-dir", "-o", help="run folder")
+    p.add_argument("--threads", type=int, help="torch threads for this process (1 suits tiny models)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a training setting, dotted (e.g. --set optim.lr=1e-3)")
+    p.add_argument("--curve-set", dest="curve_overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a curve setting (e.g. --curve-set every=50)")
+    p.set_defaults(func=_train_curves)
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def _pairs(values: Sequence[str], what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for v in values:
+        if "=" not in v:
+            raise ConfigError(f"{what} {v!r} must look like NAME=PATH")
+        k, p = v.split("=", 1)
+        if k in out:
+            raise ConfigError(f"{what} names {k!r} twice")
+        out[k] = p
+    return out
+
+
+def _compare(args: argparse.Namespace) -> int:
+    runs, evals = _pairs(args.run, "--run"), _pairs(args.eval, "--eval")
+    if set(runs) != set(evals):
+        raise ConfigError(f"--run names {sorted(runs)} but --eval names {sorted(evals)}")
+    from trainer.compare import compare
+
+    compare({n: (runs[n], evals[n]) for n in runs}, args.out, args.allow_different_steps)
+    return 0
+
+
+def _compare_report(args: argparse.Namespace) -> int:
+    from trainer.compare import compare_report
+
+    compare_report(args.compare_dir, _pairs(args.run, "--run"), args.out, args.world)
+    return 0
+
+
+def _register_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="join runs' held-out evaluations and accuracy-vs-step curves into dvc metrics and plot files",
+        description="Write compare.json (per-family accuracy of each run and the gain over the first run), "
+        "curves.csv and accuracy_<run>.csv. The first --run is the reference.",
+    )
+    p.add_argument("--run", action="append", required=True, metavar="NAME=RUN_DIR",
+                   help="a run folder of hardneg train / train-curves (repeatable; the first is the reference)")
+    p.add_argument("--eval", action="append", required=True, metavar="NAME=EVAL_JSON",
+                   help="the run's hardneg eval metrics JSON (with per-family shard accuracy)")
+    p.add_argument("--out", "-o", required=True, help="output folder")
+    p.add_argument("--allow-different-steps", action="store_true",
+                   help="compare runs of different lengths (otherwise an error)")
+    p.set_defaults(func=_compare)
+
+    p = sub.add_parser("compare-report", help="report.md and figures of a comparison (hardneg compare's folder)")
+    p.add_argument("compare_dir", help="folder holding compare.json and curves.csv")
+    p.add_argument("--run", action="append", required=True, metavar="NAME=RUN_DIR",
+                   help="the run folders (their metrics.csv gives loss and threshold curves)")
+    p.add_argument("--world", help="world.json of hardneg synth, to describe the data")
+    p.add_argument("--out", "-o", required=True, help="output folder for report.md and the PNGs")
+    p.set_defaults(func=_compare_report)

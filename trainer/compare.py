@@ -19,7 +19,6 @@ error unless explicitly allowed.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -30,9 +29,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.report import new_figure, save_png
-from pipeline.config import ALL_FAMILIES
-from pipeline.errors import ConfigError, SourceError
+from pipeline.contract.families import ALL_FAMILIES
+from pipeline.core.errors import ConfigError, SourceError
+from pipeline.core.plots import new_figure, save_png
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +151,7 @@ def compare(
     doc["train_seconds"] = {n: r["wall_s"] for n, r in loaded.items()}
     _atomic_text(out / COMPARE_JSON, json.dumps(doc, indent=2) + "\n")
 
-    for n, r in loaded.items():
+    for n in loaded:
         rows = [{"family": f, "accuracy": doc[n][f]} for f in families]
         _atomic_text(out / f"accuracy_{n}.csv", _csv_text(["family", "accuracy"], rows))
 
@@ -377,56 +376,6 @@ def compare_report(
 
 
 # ------------------------------------------------------------------------------------ CLI
-
-
-def _pairs(values: Sequence[str], what: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for v in values:
-        if "=" not in v:
-            raise ConfigError(f"{what} {v!r} must look like NAME=PATH")
-        k, p = v.split("=", 1)
-        if k in out:
-            raise ConfigError(f"{what} names {k!r} twice")
-        out[k] = p
-    return out
-
-
-def _compare(args: argparse.Namespace) -> int:
-    runs, evals = _pairs(args.run, "--run"), _pairs(args.eval, "--eval")
-    if set(runs) != set(evals):
-        raise ConfigError(f"--run names {sorted(runs)} but --eval names {sorted(evals)}")
-    compare({n: (runs[n], evals[n]) for n in runs}, args.out, args.allow_different_steps)
-    return 0
-
-
-def _report(args: argparse.Namespace) -> int:
-    compare_report(args.compare_dir, _pairs(args.run, "--run"), args.out, args.world)
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "compare",
-        help="join runs' held-out evaluations and accuracy-vs-step curves into dvc metrics and plot files",
-        description="Write compare.json (per-family accuracy of each run and the gain over the first run), "
-        "curves.csv and accuracy_<run>.csv. The first --run is the reference.",
-    )
-    p.add_argument("--run", action="append", required=True, metavar="NAME=RUN_DIR",
-                   help="a run folder of hardneg train / train-curves (repeatable; the first is the reference)")
-    p.add_argument("--eval", action="append", required=True, metavar="NAME=EVAL_JSON",
-                   help="the run's hardneg eval metrics JSON (with per-family shard accuracy)")
-    p.add_argument("--out", "-o", required=True, help="output folder")
-    p.add_argument("--allow-different-steps", action="store_true",
-                   help="compare runs of different lengths (otherwise an error)")
-    p.set_defaults(func=_compare)
-
-    p = sub.add_parser("compare-report", help="report.md and figures of a comparison (hardneg compare's folder)")
-    p.add_argument("compare_dir", help="folder holding compare.json and curves.csv")
-    p.add_argument("--run", action="append", required=True, metavar="NAME=RUN_DIR",
-                   help="the run folders (their metrics.csv gives loss and threshold curves)")
-    p.add_argument("--world", help="world.json of hardneg synth, to describe the data")
-    p.add_argument("--out", "-o", required=True, help="output folder for report.md and the PNGs")
-    p.set_defaults(func=_report)
 
 
 __all__ = ["compare", "compare_report", "load_run", "merge_curves"]

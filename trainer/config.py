@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.config import SWAP_FAMILIES, ALL_FAMILIES, from_dict, to_dict
-from pipeline.errors import ConfigError
+from pipeline.contract.families import ALL_FAMILIES, SWAP_FAMILIES
+from pipeline.core.config import from_dict, to_dict
+from pipeline.core.errors import ConfigError
 
 THRESHOLD_POLICIES = ("mean", "max", "fixed")
 PRECISIONS = ("amp", "bf16", "fp16", "fp32")
@@ -247,3 +248,11 @@ __all__ = [
     "train_config",
     "to_dict",
 ]
+
+
+#: ``--objective`` presets: each is a set of loss switches
+OBJECTIVES: dict[str, dict[str, Any]] = {
+    "clip": {"loss.hard_negatives": False, "loss.imc": False, "loss.cmr": False},
+    "negclip": {"loss.hard_negatives": True, "loss.imc": False, "loss.cmr": False},
+    "ce-clip": {"loss.hard_negatives": True, "loss.imc": True, "loss.cmr": True},
+}

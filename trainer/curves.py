@@ -14,7 +14,6 @@ with pair counts.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -29,11 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import ALL_FAMILIES, apply_overrides, from_dict, load_yaml_section
-from pipeline.errors import ConfigError
-
-from .cli import OBJECTIVES
-from .config import TrainConfig
+from pipeline.contract.families import ALL_FAMILIES
+from pipeline.core.config import apply_overrides
+from pipeline.core.errors import ConfigError
+from trainer.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +93,8 @@ class PairSet:
         """Every (caption, candidate) pair of the shards, with the validation transform of ``spec``."""
         import torch
 
-        from .data import ImageSkip, ShardIndex, images_to_tensor, load_image
-        from .evaluate import shard_items
+        from trainer.data import ImageSkip, ShardIndex, images_to_tensor, load_image
+        from trainer.evaluate import shard_items
 
         index = ShardIndex.from_paths(list(paths), split)
         fams = list(families) or [f for f in ALL_FAMILIES if any(f in sf.columns for sf in index.files)]
@@ -138,7 +136,7 @@ class PairSet:
         """Per-family share of pairs where the image scores its caption strictly above the negative."""
         import torch
 
-        from .data import normalize_images
+        from trainer.data import normalize_images
 
         was_training = model.training
         model.eval()
@@ -179,8 +177,8 @@ class CheckpointCurve:
     def __init__(self, train_cfg: TrainConfig, cfg: CurveConfig) -> None:
         import torch
 
-        from .data import ImageSpec
-        from .models import build_model
+        from trainer.data import ImageSpec
+        from trainer.models import build_model
 
         cfg.validate()
         self.cfg = cfg
@@ -244,7 +242,7 @@ class CheckpointCurve:
         return (int(m.group(1)), name) if m else None
 
     def _load_and_score(self, step: int, path: Path) -> None:
-        from .checkpoint import load
+        from trainer.checkpoint import load
 
         t0 = time.perf_counter()
         try:
@@ -297,7 +295,7 @@ def _atomic_text(path: Path, text: str) -> None:
 
 def train_with_curves(train_cfg: TrainConfig, cfg: CurveConfig) -> dict[str, Any]:
     """``trainer.loop.train`` with a checkpoint every ``cfg.every`` steps and each one scored."""
-    from .loop import train
+    from trainer.loop import train
 
     cfg.validate()
     train_cfg = apply_overrides(train_cfg, {"checkpoint_every": cfg.every})
@@ -321,50 +319,3 @@ def train_with_curves(train_cfg: TrainConfig, cfg: CurveConfig) -> dict[str, Any
 
 
 # --------------------------------------------------------------------------------------------- CLI
-
-
-def _run(args: argparse.Namespace) -> int:
-    if args.threads and args.threads > 1:
-        # idle OpenMP threads sleep instead of spinning: on a shared machine a spinning pool
-        # loses far more than it gains (read when torch loads, so before the import below)
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    base = load_yaml_section(args.config, args.section) if args.config else {}
-    tcfg = from_dict(TrainConfig, base)
-    flags: dict[str, Any] = dict(OBJECTIVES[args.objective]) if args.objective else {}
-    if args.output_dir:
-        flags["output_dir"] = args.output_dir
-    if args.no_progress:
-        flags["progress"] = False
-    tcfg = apply_overrides(apply_overrides(tcfg, flags), args.overrides)
-    tcfg.validate()
-    cbase = load_yaml_section(args.config, args.curves_section) if args.config and args.curves_section else {}
-    ccfg = apply_overrides(from_dict(CurveConfig, cbase), args.curve_overrides)
-    res = train_with_curves(tcfg, ccfg)
-    log.info("done: %d steps, final loss %s, curve %s", res["steps"], res["final_loss"], res["curve"]["path"])
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train-curves",
-        help="hardneg train, scoring held-out per-family accuracy every N steps (accuracy-vs-step curve)",
-        description="Train like `hardneg train` (settings from --config/--section/--set) and score each "
-        "checkpoint on held-out negative shards; writes <output_dir>/curve.csv and curve.json.",
-    )
-    p.add_argument("--config", help="YAML file (e.g. params.yaml)")
-    p.add_argument("--section", default="train", help="training section of --config (default: train)")
-    p.add_argument("--curves-section", default="curves", help="curve section of --config (default: curves)")
-    p.add_argument("--objective", choices=sorted(OBJECTIVES), help="loss preset: clip, negclip, ce-clip")
-    p.add_argument("--output-dir", "-o", help="run folder")
-    p.add_argument("--threads", type=int, help="torch threads for this process (1 suits tiny models)")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a training setting, dotted (e.g. --set optim.lr=1e-3)")
-    p.add_argument("--curve-set", dest="curve_overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a curve setting (e.g. --curve-set every=50)")
-    p.set_defaults(func=_run)
-

@@ -42,8 +42,8 @@ import torch
 import torch.utils.data as tud
 from PIL import Image
 
-from pipeline import schema
-from pipeline.errors import ConfigError, SourceError
+from pipeline.contract import schema
+from pipeline.core.errors import ConfigError, SourceError
 
 log = logging.getLogger(__name__)
 

@@ -41,13 +41,13 @@ import numpy as np
 import torch
 import torch.utils.data as tud
 
-from pipeline import schema
-from pipeline.config import ALL_FAMILIES, to_dict
-from pipeline.errors import SourceError
-from pipeline.shards import write_json_atomic
-
-from .config import EvalConfig, eval_config
-from .data import (
+from pipeline.contract import schema
+from pipeline.contract.families import ALL_FAMILIES
+from pipeline.core.atomic import write_json_atomic
+from pipeline.core.config import to_dict
+from pipeline.core.errors import SourceError
+from trainer.config import EvalConfig, eval_config
+from trainer.data import (
     ImageSkip,
     ImageSpec,
     ShardIndex,
@@ -56,9 +56,9 @@ from .data import (
     normalize_images,
     open_image,
 )
-from .distributed import DistInfo
-from .loop import amp_dtype, resolve_device
-from .models import build_model
+from trainer.distributed import DistInfo
+from trainer.loop import amp_dtype, resolve_device
+from trainer.models import build_model
 
 log = logging.getLogger(__name__)
 

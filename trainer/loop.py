@@ -17,14 +17,13 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from pipeline.config import config_hash, to_dict
-from pipeline.errors import ConfigError
-from pipeline.shards import write_json_atomic
-
-from . import checkpoint as ckpt
-from .config import LossConfig, TrainConfig, train_config
-from .data import ImageSpec, NegativeStream, ShardIndex, make_loader, normalize_images
-from .distributed import (
+from pipeline.core.atomic import write_json_atomic
+from pipeline.core.config import config_hash, to_dict
+from pipeline.core.errors import ConfigError
+from trainer import checkpoint as ckpt
+from trainer.config import LossConfig, TrainConfig, train_config
+from trainer.data import ImageSpec, NegativeStream, ShardIndex, make_loader, normalize_images
+from trainer.distributed import (
     DistInfo,
     all_reduce_sum,
     barrier,
@@ -33,9 +32,9 @@ from .distributed import (
     gather_with_grad,
     init_distributed,
 )
-from .losses import ce_clip_loss
-from .models import build_model, save_weights
-from .runlog import RunLog
+from trainer.losses import ce_clip_loss
+from trainer.models import build_model, save_weights
+from trainer.runlog import RunLog
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import LossConfig, THRESHOLD_POLICIES
+from trainer.config import THRESHOLD_POLICIES, LossConfig
 
 
 def _zero(like: Tensor) -> Tensor:

@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ConfigError, ModelError
-from pipeline.shards import atomic_path, write_bytes_atomic
-
-from .config import ModelConfig
+from pipeline.core.atomic import atomic_path, write_bytes_atomic
+from pipeline.core.errors import ConfigError, ModelError
+from trainer.config import ModelConfig
 
 log = logging.getLogger(__name__)
 

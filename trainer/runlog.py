@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from pipeline.shards import write_bytes_atomic
+from pipeline.core.atomic import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ capitalisation, and fixes a/an in front of anything that changed.
 
 from __future__ import annotations
 
-from .grammar import indefinite_article, match_case
-from .records import Candidate, Edit
-from .syntax import Tok
+from pipeline.records import Candidate, Edit
+from pipeline.rules.grammar import indefinite_article, match_case
+from pipeline.rules.syntax import Tok
 
 
 def keeps_case(t: Tok) -> bool:

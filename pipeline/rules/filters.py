@@ -11,7 +11,7 @@ import string
 import zlib
 from typing import Callable, Collection, Iterable, Iterator
 
-from .records import Candidate, Edit, RejectCounts
+from pipeline.records import Candidate, Edit, RejectCounts
 
 REJECT_REASONS = ("symmetric", "same_word", "identity", "same_image", "duplicate", "over_k", "rule_error")
 

@@ -17,7 +17,6 @@ unchanged dataset makes no commit, and a run that failed half-way resumes where 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -31,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import yaml
 
-from .errors import ConfigError, HardnegError
+from pipeline.core.errors import ConfigError, HardnegError
 
 if TYPE_CHECKING:  # pyarrow is imported where used, so `hardneg --help` stays fast
     import pyarrow as pa
@@ -159,7 +158,7 @@ def publish(
     Further :class:`PublishConfig` fields may be given as keywords. Returns a summary: the files,
     what was uploaded and deleted, and the commits made (none when the Hub already had it all).
     """
-    from .config import from_dict
+    from pipeline.core.config import from_dict
 
     cfg = from_dict(
         PublishConfig,
@@ -180,7 +179,7 @@ def publish_dataset(
 ) -> dict[str, Any]:
     """:func:`publish` with a ready config (the CLI's entry point)."""
     cfg.validate()
-    from .manifest import load_manifest
+    from pipeline.contract.manifest import load_manifest
 
     dataset_dir = Path(dataset_dir)
     manifest = load_manifest(dataset_dir)
@@ -220,8 +219,9 @@ def verify_shards(dataset_dir: Path, manifest: dict[str, Any]) -> dict[str, str]
     """The sha256 of every shard, after checking the folder still holds exactly what its manifest lists."""
     import pyarrow.parquet as pq
 
-    from .schema import check_version, read_meta
-    from .shards import list_shards, sha256_file
+    from pipeline.contract.schema import check_version, read_meta
+    from pipeline.contract.shards import list_shards
+    from pipeline.core.atomic import sha256_file
 
     listed = {s["path"]: s for s in manifest.get("shards", [])}
     if not listed:
@@ -303,7 +303,7 @@ def build_layout(
     copy_reused: bool,
 ) -> Layout:
     """Write the repository content under ``staging`` (shards that are reused are only copied when asked)."""
-    from .shards import list_shards
+    from pipeline.contract.shards import list_shards
 
     splits = list_shards(dataset_dir)
     infos = {split: [_shard_info(f) for f in files] for split, files in splits.items()}
@@ -361,7 +361,7 @@ def _embedded_images(path: Path, md: pq.FileMetaData) -> int:
     """How many rows carry image bytes, from column statistics when written (else by reading the column)."""
     import pyarrow.parquet as pq
 
-    from .schema import IMAGE
+    from pipeline.contract.schema import IMAGE
 
     total = 0
     for i in range(md.num_row_groups):
@@ -383,7 +383,7 @@ def reshard(split: str, files: list[Path], staging: Path, cfg: PublishConfig, ke
     import pyarrow.parquet as pq
     from tqdm import tqdm
 
-    from .shards import sha256_file
+    from pipeline.core.atomic import sha256_file
 
     schema = pq.read_schema(files[0])
     metas = [pq.ParquetFile(f).metadata for f in files]
@@ -459,7 +459,7 @@ def _parquet_writer(sink: pa.NativeFile, schema: pa.Schema) -> pq.ParquetWriter:
 def _strip_image_bytes(table: pa.Table) -> pa.Table:
     import pyarrow as pa
 
-    from .schema import IMAGE
+    from pipeline.contract.schema import IMAGE
 
     idx = table.schema.get_field_index(IMAGE)
     col = table.column(IMAGE).combine_chunks()
@@ -483,7 +483,7 @@ def size_category(rows: int) -> str:
 
 def features_yaml() -> list[dict[str, Any]]:
     """The schema's features in the card's YAML form (what ``datasets`` writes in ``dataset_info``)."""
-    from .schema import hf_features
+    from pipeline.contract.schema import hf_features
 
     def inner(feat: Any) -> dict[str, Any]:
         t = feat.get("_type")
@@ -550,8 +550,8 @@ def source_facts(manifest: dict[str, Any], dataset_dir: Path) -> dict[str, Any]:
 
 
 def _first_image_path(dataset_dir: Path) -> str | None:
-    from .dataset import iter_rows
-    from .schema import IMAGE
+    from pipeline.contract.dataset import iter_rows
+    from pipeline.contract.schema import IMAGE
 
     for row in iter_rows(dataset_dir, [IMAGE]):
         return (row[IMAGE] or {}).get("path")
@@ -565,7 +565,7 @@ def render_card(
     cfg: PublishConfig,
     dataset_dir: Path,
 ) -> str:
-    from .dataset import summarize
+    from pipeline.contract.dataset import summarize
 
     meta = card_metadata(manifest, layout, cfg)
     facts = source_facts(manifest, dataset_dir)
@@ -918,45 +918,3 @@ def _summary(cfg: PublishConfig, layout: Layout, dry_run_dir: Path | None = None
 
 
 # --------------------------------------------------------------------------- CLI
-
-
-def publish_config_from_args(args: argparse.Namespace) -> PublishConfig:
-    from .config import apply_overrides, from_dict, load_yaml_section
-
-    base = load_yaml_section(args.config, args.section) if args.config else {}
-    cfg = from_dict(PublishConfig, base)
-    flags = {
-        "repo_id": args.repo_id, "license": args.license, "revision": args.revision, "report": args.report,
-        "private": True if args.private else None, "with_images": True if args.with_images else None,
-    }
-    cfg = apply_overrides(cfg, {k: v for k, v in flags.items() if v is not None})
-    return apply_overrides(cfg, args.overrides)
-
-
-def _publish(args: argparse.Namespace) -> int:
-    cfg = publish_config_from_args(args)
-    result = publish_dataset(args.dataset, cfg, dry_run_dir=args.dry_run)
-    if args.dry_run:
-        log.info("dry run: %d files in %s", len(result["files"]), args.dry_run)
-    elif result.get("unchanged"):
-        log.info("%s is up to date", result["url"])
-    else:
-        log.info("uploaded %d file(s), deleted %d, %d commit(s): %s",
-                 len(result["uploaded"]), len(result["deleted"]), len(result["commits"]), result["url"])
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    from .generate_cli import add_config_args
-
-    p = sub.add_parser("publish", help="publish a negatives dataset to the Hugging Face Hub (with a dataset card)")
-    p.add_argument("dataset", metavar="DATASET_DIR", help="folder written by `hardneg generate`")
-    p.add_argument("--repo-id", help="Hub dataset repository, OWNER/NAME")
-    p.add_argument("--dry-run", metavar="OUT_DIR", help="write the repository content here; upload nothing")
-    p.add_argument("--private", action="store_true", help="create the repository private")
-    p.add_argument("--revision", metavar="BRANCH", help="branch to publish to (created when missing)")
-    p.add_argument("--license", help=f"licence id of the published dataset (default {DEFAULT_LICENSE})")
-    p.add_argument("--with-images", action="store_true", help="publish embedded image bytes (when the dataset has them)")
-    p.add_argument("--report", help="quality report JSON to summarise (default: DATASET_DIR/report.json)")
-    add_config_args(p, "publish")
-    p.set_defaults(func=_publish)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from itertools import combinations
 
-from ..grammar import agree_verb, inflect_noun, singularize
-from ..realize import span_words
-from ..records import Edit, Replacement
-from ..syntax import Link, NounPhrase, Tok, part_of
-from . import ParsedCaption, Resources, register
+from pipeline.records import Edit, Replacement
+from pipeline.rules.families import ParsedCaption, Resources, register
+from pipeline.rules.grammar import agree_verb, inflect_noun, singularize
+from pipeline.rules.realize import span_words
+from pipeline.rules.syntax import Link, NounPhrase, Tok, part_of
 
 #: nouns naming people; swapping a person with a thing is kept but ranked after like-for-like swaps
 PERSON_NOUNS = frozenset(

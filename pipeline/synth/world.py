@@ -19,7 +19,6 @@ Columns: ``id`` ("synth-train-000123#0", one row per caption), ``image`` (struct
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -35,11 +34,11 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from . import schema
-from .config import apply_overrides, config_hash, from_dict, load_yaml_section, to_dict
-from .errors import ConfigError
+from pipeline.contract import schema
+from pipeline.core.atomic import write_bytes_atomic, write_table_atomic
+from pipeline.core.config import build_config, config_hash, load_yaml_section, to_dict
+from pipeline.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -619,73 +618,32 @@ RELATION_TYPE = pa.struct([("subject", pa.int32()), ("predicate", pa.string()), 
 SYNTH_META_KEY = b"hardneg_synth"
 
 
-def _hf_features() -> dict[str, Any]:
-    def value(dtype: str) -> dict[str, str]:
-        return {"dtype": dtype, "_type": "Value"}
-
-    return {
-        schema.ID: value("string"),
-        schema.IMAGE: {"_type": "Image"},
-        schema.CAPTION: value("string"),
-        schema.SPLIT: value("string"),
-        schema.GROUP: value("string"),
-        "template": value("string"),
-        "objects": {
-            "feature": {
-                "shape": value("string"),
-                "colour": value("string"),
-                "size": value("string"),
-                "x": value("int32"),
-                "y": value("int32"),
-                "extent": value("int32"),
-            },
-            "_type": "List",
-        },
-        "relations": {
-            "feature": {"subject": value("int32"), "predicate": value("string"), "object": value("int32")},
-            "_type": "List",
-        },
-        "relation": value("string"),
-        "heldout": value("bool"),
-    }
+#: columns of the world's Parquet files; ``image`` follows the shard schema's struct
+_WORLD_FIELDS = [
+    pa.field(schema.ID, pa.string(), nullable=False),
+    pa.field(schema.IMAGE, schema.IMAGE_TYPE),
+    pa.field(schema.CAPTION, pa.string(), nullable=False),
+    pa.field(schema.SPLIT, pa.string()),
+    pa.field(schema.GROUP, pa.string()),
+    pa.field("template", pa.string()),
+    pa.field("objects", pa.list_(OBJECT_TYPE)),
+    pa.field("relations", pa.list_(RELATION_TYPE)),
+    pa.field("relation", pa.string()),
+    pa.field("heldout", pa.bool_()),
+]
 
 
 def world_schema(meta: dict[str, Any]) -> pa.Schema:
     """Columns of the world's Parquet files; ``image`` follows the shard schema's struct."""
-    fields = [
-        pa.field(schema.ID, pa.string(), nullable=False),
-        pa.field(schema.IMAGE, schema.IMAGE_TYPE),
-        pa.field(schema.CAPTION, pa.string(), nullable=False),
-        pa.field(schema.SPLIT, pa.string()),
-        pa.field(schema.GROUP, pa.string()),
-        pa.field("template", pa.string()),
-        pa.field("objects", pa.list_(OBJECT_TYPE)),
-        pa.field("relations", pa.list_(RELATION_TYPE)),
-        pa.field("relation", pa.string()),
-        pa.field("heldout", pa.bool_()),
-    ]
     return pa.schema(
-        fields,
+        _WORLD_FIELDS,
         metadata={
             SYNTH_META_KEY: json.dumps(meta, sort_keys=True).encode(),
-            schema.HF_META_KEY: json.dumps({"info": {"features": _hf_features()}}).encode(),
+            schema.HF_META_KEY: json.dumps({"info": {"features": schema.hf_features_of(_WORLD_FIELDS)}}).encode(),
         },
     )
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _write_parquet(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        pq.write_table(table, tmp, compression="zstd", row_group_size=2000)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @dataclass
@@ -839,10 +797,10 @@ def generate_world(cfg: SynthConfig, out_dir: str | Path) -> dict[str, Any]:
             os.replace(image_dir, final)
         table = pa.Table.from_pydict(res.rows, schema=sch)
         path = out / f"{split}.parquet"
-        _write_parquet(table, path)
+        write_table_atomic(table, path, row_group_size=2000)
         summary["files"][split] = {"path": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
         summary["splits"][split] = _split_summary(res, cfg, held_set)
-    _atomic_write_bytes(out / "world.json", (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
+    write_bytes_atomic((json.dumps(summary, indent=2, sort_keys=True) + "\n").encode(), out / "world.json")
     log.info(
         "wrote %s: %d train and %d test images, %d held-out (colour, shape) pairs",
         out, cfg.n_train, cfg.n_test, len(held),
@@ -885,44 +843,7 @@ def load_config(
     overrides: list[str] | None = None,
 ) -> SynthConfig:
     """Defaults, then the YAML section, then a preset, then ``key=value`` overrides."""
-    cfg = from_dict(SynthConfig, load_yaml_section(config, section)) if config else SynthConfig()
-    if preset:
-        if preset not in PRESETS:
-            raise ConfigError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
-        cfg = apply_overrides(cfg, PRESETS[preset])
-    if overrides:
-        cfg = apply_overrides(cfg, overrides)
-    cfg.validate()
-    return cfg
-
-
-def _run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.section, args.preset, args.set)
-    summary = generate_world(cfg, args.out)
-    coll = summary["splits"]["train"]["relation_swap_collisions"]
-    if coll:
-        log.info(
-            "in-batch relation-swap collisions (batch %d): exact text %.4f%%, same meaning %.4f%%, "
-            "swapped pair in image %.4f%% of batches per caption",
-            coll["batch_size"],
-            100 * coll["exact_text"]["p_batch"],
-            100 * coll["same_meaning"]["p_batch"],
-            100 * coll["swapped_pair_in_image"]["p_batch"],
-        )
-    return 0
-
-
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "synth",
-        help="render the embedded compositional world (train/test Parquet + world.json)",
-        description="Render a synthetic world of coloured shapes in spatial relations, with captions "
-        "that only word order and attribute binding tell apart; some (colour, shape) pairs are "
-        "held out of train.",
-    )
-    p.add_argument("--out", required=True, help="output folder (train.parquet, test.parquet, world.json)")
-    p.add_argument("--config", help="YAML file holding the settings (e.g. params.yaml)")
-    p.add_argument("--section", default="synth", help="section of --config to read (default: synth)")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="named override set applied after --config")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
-    p.set_defaults(func=_run)
+    if preset and preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
+    base = load_yaml_section(config, section) if config else {}
+    return build_config(SynthConfig, base, PRESETS[preset] if preset else None, overrides)

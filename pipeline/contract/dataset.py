@@ -10,9 +10,10 @@ from typing import Any, Iterator
 
 import pyarrow.parquet as pq
 
-from .errors import HardnegError
-from .schema import CAPTION, FAMILY_COLUMNS, ID, IMAGE, check_version, read_meta
-from .shards import atomic_path, list_shards, write_json_atomic
+from pipeline.contract.schema import CAPTION, FAMILY_COLUMNS, ID, IMAGE, check_version, read_meta
+from pipeline.contract.shards import list_shards
+from pipeline.core.atomic import atomic_path, write_json_atomic
+from pipeline.core.errors import HardnegError
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from .errors import ConfigError
+from pipeline.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -73,23 +73,3 @@ def write_bytes_atomic(data: bytes, path: str | Path) -> None:
 def write_json_atomic(obj: Any, path: str | Path, sort_keys: bool = False) -> None:
     text = json.dumps(obj, indent=2, sort_keys=sort_keys, default=str) + "\n"
     write_bytes_atomic(text.encode("utf-8"), path)
-
-
-def list_shards(dataset_dir: str | Path) -> dict[str, list[Path]]:
-    """``{split: [shard paths]}`` of a dataset folder (``<dir>/<split>/*.parquet``), sorted."""
-    root = Path(dataset_dir)
-    out: dict[str, list[Path]] = {}
-    if not root.is_dir():
-        return out
-    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
-        files = sorted(sub.glob("*.parquet"))
-        if files:
-            out[sub.name] = files
-    return out
-
-
-def shard_meta(path: str | Path) -> dict[str, Any]:
-    """The hardneg metadata of a shard without reading its rows."""
-    from .schema import read_meta
-
-    return read_meta(pq.read_schema(path))

@@ -13,20 +13,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import _compiled
-from .config import GenerateConfig
-from .schema import SCHEMA_VERSION
+from pipeline.contract.schema import SCHEMA_VERSION
+from pipeline.core.errors import HardnegError
 
 MANIFEST_VERSION = "1"
 
 
-def manifest_path(cfg: GenerateConfig) -> Path:
-    return Path(cfg.manifest_dir) / f"{cfg.name}.json"
-
-
 def build_manifest(
     *,
-    cfg: GenerateConfig,
+    cfg: Any,
     identity: dict[str, Any],
     run_hash: str,
     model_name: str,
@@ -37,7 +32,9 @@ def build_manifest(
     source: str,
     timings: dict[str, Any],
     spacy: dict[str, Any],
+    rules_compiled: bool,
 ) -> dict[str, Any]:
+    """The manifest of a finished run; ``cfg`` is its ``GenerateConfig`` (duck-typed: this layer sits below it)."""
     rows_per_split: dict[str, int] = {}
     for s in shards:
         rows_per_split[s["split"]] = rows_per_split.get(s["split"], 0) + s["rows"]
@@ -95,7 +92,7 @@ def build_manifest(
             "python": platform.python_version(),
             "machine": platform.machine(),
             # speed only: compiled and pure-Python rules write identical shards
-            "rules_compiled": _compiled.status()["compiled"],
+            "rules_compiled": rules_compiled,
         },
     }
 
@@ -104,7 +101,5 @@ def load_manifest(dataset_dir: str | Path) -> dict[str, Any]:
     """The manifest stored beside a dataset's shards."""
     p = Path(dataset_dir) / "manifest.json"
     if not p.exists():
-        from .errors import HardnegError
-
         raise HardnegError(f"{dataset_dir} has no manifest.json; is it a hardneg dataset folder?")
     return json.loads(p.read_text(encoding="utf-8"))

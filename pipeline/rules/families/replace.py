@@ -23,14 +23,14 @@ from typing import TYPE_CHECKING, Any, Iterable, NamedTuple
 
 from tqdm import tqdm
 
-from ..grammar import match_case, pluralize, singularize
-from ..lexicon import VERB_FORM_TAGS, Lexicon, load_lexicon
-from ..records import Edit, Replacement
-from ..syntax import NounPhrase, POSITION_NOUNS, RELATIONAL_NOUNS, Tok
-from . import ParsedCaption, Resources, register
+from pipeline.lexicon import VERB_FORM_TAGS, Lexicon, load_lexicon
+from pipeline.records import Edit, Replacement
+from pipeline.rules.families import ParsedCaption, Resources, register
+from pipeline.rules.grammar import match_case, pluralize, singularize
+from pipeline.rules.syntax import POSITION_NOUNS, RELATIONAL_NOUNS, NounPhrase, Tok
 
 if TYPE_CHECKING:
-    from ..config import GenerateConfig
+    from pipeline.config import GenerateConfig
 
 log = logging.getLogger(__name__)
 
@@ -425,7 +425,7 @@ def compile_tables(lex: Lexicon, counts: Counter | None = None) -> ReplaceTables
 
 def build_resources(cfg: "GenerateConfig", captions: list[str]) -> Resources:
     """Lexicons (plus WordNet when enabled and installed) ranked by the input corpus, compiled once."""
-    from ..lexicon import extend_with_wordnet, wordnet_available
+    from pipeline.lexicon import extend_with_wordnet, wordnet_available
 
     t0 = time.perf_counter()
     lex = load_lexicon()

@@ -1,7 +1,8 @@
 """The ``hardneg`` command: a thin layer that turns arguments into typed configs and calls the API.
 
-Each subcommand lives with its concern and registers itself here through a ``register(subparsers)``
-function, so heavy imports (torch, spaCy) happen only when that subcommand runs.
+Each CLI module (``pipeline/cli/*.py``, ``trainer/cli.py``) registers its subcommands through a
+``register(subparsers)`` function; library modules never import a CLI module, and heavy imports
+(torch, spaCy) happen only when a subcommand runs.
 """
 
 from __future__ import annotations
@@ -11,19 +12,17 @@ import importlib
 import logging
 import sys
 
-from .errors import ConfigError, HardnegError
+from pipeline.core.errors import ConfigError, HardnegError
 
 log = logging.getLogger("hardneg")
 
 #: modules that provide ``register(subparsers)``; optional ones may be missing their extras
 _COMMAND_MODULES = (
-    "pipeline.generate_cli",
-    "pipeline.synth",
-    "pipeline.report",
-    "pipeline.publish",
+    "pipeline.cli.generate",
+    "pipeline.cli.synth",
+    "pipeline.cli.report",
+    "pipeline.cli.publish",
     "trainer.cli",
-    "trainer.curves",
-    "trainer.compare",
 )
 
 

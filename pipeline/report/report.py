@@ -15,8 +15,6 @@ come from the manifest, since they leave nothing in the shards.
 
 from __future__ import annotations
 
-import argparse
-import io
 import json
 import logging
 import random
@@ -25,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .blind import BlindCheck, BlindConfig, BlindResult, PairScore
-from .config import apply_overrides, from_dict, load_yaml_section
-from .errors import ConfigError, HardnegError
-from .shards import write_bytes_atomic
+from pipeline.core.atomic import write_bytes_atomic
+from pipeline.core.errors import ConfigError, HardnegError
+from pipeline.core.plots import new_figure, save_png
+from pipeline.report.blind import BlindCheck, BlindConfig, BlindResult, PairScore
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +81,8 @@ def _tally(dataset_dir: Path, cfg: ReportConfig, check: BlindCheck) -> tuple[dic
     import pyarrow.parquet as pq
     from tqdm import tqdm
 
-    from .dataset import open_shards
-    from .schema import CAPTION, FAMILY_COLUMNS, GROUP, ID
+    from pipeline.contract.dataset import open_shards
+    from pipeline.contract.schema import CAPTION, FAMILY_COLUMNS, GROUP, ID
 
     shards = open_shards(dataset_dir)
     total = sum(pq.ParquetFile(f).metadata.num_rows for files in shards.values() for f in files)
@@ -164,8 +162,8 @@ def build_report(dataset_dir: str | Path, out_dir: str | Path | None = None, cfg
 
     Returns what was written to ``report.json``.
     """
-    from .manifest import load_manifest
-    from .schema import FAMILY_COLUMNS
+    from pipeline.contract.manifest import load_manifest
+    from pipeline.contract.schema import FAMILY_COLUMNS
 
     cfg = cfg or ReportConfig()
     cfg.validate()
@@ -215,22 +213,6 @@ def build_report(dataset_dir: str | Path, out_dir: str | Path | None = None, cfg
 
 
 # --------------------------------------------------------------------------- plots
-
-
-def new_figure(width: float, height: float) -> Any:
-    # Figure + Agg canvas directly: no pyplot, so no global backend state is touched
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def save_png(fig: Any, path: Path) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    write_bytes_atomic(buf.getvalue(), path)
 
 
 def _plot_coverage(report: dict[str, Any], path: Path) -> None:
@@ -384,7 +366,7 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-def _ci(v: dict[str, Any], prefix: str) -> str:
+def format_ci(v: dict[str, Any], prefix: str) -> str:
     return f"{_pct(v[prefix + 'prefers_positive'])} [{_pct(v[prefix + 'ci95_low'])}, {_pct(v[prefix + 'ci95_high'])}]"
 
 
@@ -483,7 +465,7 @@ def render_markdown(
         if not v.get("pairs"):
             add(f"| {f} | 0 | | | |")
             continue
-        add(f"| {f} | {v['pairs']:,} | {_ci(v, '')} | {_ci(v, 'per_token_')} | {v['mean_margin_bits']:+.2f} |")
+        add(f"| {f} | {v['pairs']:,} | {format_ci(v, '')} | {format_ci(v, 'per_token_')} | {v['mean_margin_bits']:+.2f} |")
     add("")
     if "blind_check" in plots:
         add(f"![blind check]({plots['blind_check']})\n")
@@ -517,40 +499,3 @@ def render_markdown(
 
 
 # --------------------------------------------------------------------------- CLI
-
-
-def report_config_from_args(args: argparse.Namespace) -> ReportConfig:
-    base = load_yaml_section(args.config, args.section) if args.config else {}
-    cfg = from_dict(ReportConfig, base)
-    flags = {
-        "blind.heldout_fraction": args.heldout_fraction, "blind.order": args.order,
-        "blind.seed": args.seed, "blind.max_pairs": args.max_pairs, "examples": args.examples,
-    }
-    cfg = apply_overrides(cfg, {k: v for k, v in flags.items() if v is not None})
-    return apply_overrides(cfg, args.overrides)
-
-
-def _report(args: argparse.Namespace) -> int:
-    cfg = report_config_from_args(args)
-    report = build_report(args.dataset, args.out, cfg)
-    bc = report["blind_check"]
-    for f, v in report["families"].items():
-        b = bc.get(f, {})
-        blind = f"blind check {_ci(b, '')} of {b['pairs']:,} pairs" if b.get("pairs") else "blind check: no pairs"
-        log.info("  %-18s coverage %5.1f%%  %s", f, 100 * v["coverage"], blind)
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    from .generate_cli import add_config_args
-
-    p = sub.add_parser("report", help="quality report of a dataset folder: figures, plots and the blind check")
-    p.add_argument("dataset", help="dataset folder (<dir>/<split>/*.parquet, manifest.json)")
-    p.add_argument("--out", "-o", help="folder for report.json, report.md and the plots (default: the dataset folder)")
-    p.add_argument("--heldout-fraction", type=float, help="share of image groups that train the blind-check LM (default 0.2)")
-    p.add_argument("--order", type=int, help="n-gram order of the blind-check LM (default 3)")
-    p.add_argument("--seed", type=int, help="seed of the held-out split, pair sample and examples (default 0)")
-    p.add_argument("--max-pairs", type=int, help="pairs scored per family, a seeded sample (default 5000)")
-    p.add_argument("--examples", type=int, help="examples per family in report.md (default 5)")
-    add_config_args(p, "report")
-    p.set_defaults(func=_report)

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
-from ..records import Edit
-from ..syntax import Link, NounPhrase, Tok, links, noun_phrases, tokens_of
+from pipeline.records import Edit
+from pipeline.rules.syntax import Link, NounPhrase, Tok, links, noun_phrases, tokens_of
 
 
 class ParsedCaption(NamedTuple):
@@ -65,9 +65,9 @@ def available_families() -> list[str]:
 
 
 def _load_builtin() -> None:
-    from . import swap  # noqa: F401  (registers the swap families)
-
     import importlib.util
 
+    from pipeline.rules.families import swap  # noqa: F401  (registers the swap families)
+
     if importlib.util.find_spec(f"{__name__}.replace") is not None:
-        from . import replace  # noqa: F401  (registers the replace families)
+        from pipeline.rules.families import replace  # noqa: F401  (registers the replace families)

@@ -1,4 +1,4 @@
-"""CLI for stage 1: ``generate``, ``inspect`` and ``export``."""
+"""``hardneg generate``, ``inspect`` and ``export``: flags and ``--config/--set`` mapped onto :class:`GenerateConfig`."""
 
 from __future__ import annotations
 
@@ -6,23 +6,13 @@ import argparse
 import json
 import logging
 
-from .config import GenerateConfig, apply_overrides, from_dict, load_yaml_section
+from pipeline.config import GenerateConfig
+from pipeline.core.config import add_config_args, config_from_args
 
 log = logging.getLogger("hardneg")
 
 
-def add_config_args(p: argparse.ArgumentParser, section: str) -> None:
-    p.add_argument("--config", help="YAML file (e.g. params.yaml) to read settings from")
-    p.add_argument("--section", default=section, help=f"section of --config to use (default: {section})")
-    p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override any config field, dotted (e.g. --set parse.batch_size=512); repeatable",
-    )
-
-
 def generate_config_from_args(args: argparse.Namespace) -> GenerateConfig:
-    base = load_yaml_section(args.config, args.section) if args.config else {}
-    cfg = from_dict(GenerateConfig, base)
     flags = {
         "source.path": args.input, "source.format": args.format, "source.split": args.split,
         "source.caption_column": args.caption_column, "source.image_column": args.image_column,
@@ -30,12 +20,11 @@ def generate_config_from_args(args: argparse.Namespace) -> GenerateConfig:
         "k": args.k, "seed": args.seed, "families": args.families, "parse.model": args.model,
         "manifest_dir": args.manifest_dir,
     }
-    cfg = apply_overrides(cfg, {k: v for k, v in flags.items() if v is not None})
-    return apply_overrides(cfg, args.overrides)
+    return config_from_args(GenerateConfig, args, flags)
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from .generate import generate
+    from pipeline.generate import generate
 
     cfg = generate_config_from_args(args)
     manifest = generate(cfg)
@@ -51,7 +40,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from .dataset import summarize
+    from pipeline.contract.dataset import summarize
 
     s = summarize(args.dataset, examples=args.examples, seed=args.seed)
     if args.json:
@@ -68,7 +57,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .dataset import export_jsonl
+    from pipeline.contract.dataset import export_jsonl
 
     n = export_jsonl(args.dataset, args.out, args.families)
     log.info("exported %d rows to %s", n, args.out)

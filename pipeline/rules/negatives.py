@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 from typing import Any, Collection
 
-from .families import ParsedCaption, Resources, get_family
-from .filters import select
-from .realize import realize
-from .records import Candidate, CaptionRecord, Edit, RejectCounts
-from .schema import ShardBuilder
+from pipeline.records import Candidate, CaptionRecord, Edit, RejectCounts
+from pipeline.rules.builder import ShardBuilder
+from pipeline.rules.families import ParsedCaption, Resources, get_family
+from pipeline.rules.filters import select
+from pipeline.rules.realize import realize
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,43 @@
+"""``hardneg report``: flags and ``--config/--set`` mapped onto :class:`ReportConfig`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from pipeline.core.config import add_config_args, config_from_args
+from pipeline.report.report import ReportConfig, build_report, format_ci
+
+log = logging.getLogger("hardneg")
+
+
+def report_config_from_args(args: argparse.Namespace) -> ReportConfig:
+    flags = {
+        "blind.heldout_fraction": args.heldout_fraction, "blind.order": args.order,
+        "blind.seed": args.seed, "blind.max_pairs": args.max_pairs, "examples": args.examples,
+    }
+    return config_from_args(ReportConfig, args, flags)
+
+
+def _report(args: argparse.Namespace) -> int:
+    cfg = report_config_from_args(args)
+    report = build_report(args.dataset, args.out, cfg)
+    bc = report["blind_check"]
+    for f, v in report["families"].items():
+        b = bc.get(f, {})
+        blind = f"blind check {format_ci(b, '')} of {b['pairs']:,} pairs" if b.get("pairs") else "blind check: no pairs"
+        log.info("  %-18s coverage %5.1f%%  %s", f, 100 * v["coverage"], blind)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="quality report of a dataset folder: figures, plots and the blind check")
+    p.add_argument("dataset", help="dataset folder (<dir>/<split>/*.parquet, manifest.json)")
+    p.add_argument("--out", "-o", help="folder for report.json, report.md and the plots (default: the dataset folder)")
+    p.add_argument("--heldout-fraction", type=float, help="share of image groups that train the blind-check LM (default 0.2)")
+    p.add_argument("--order", type=int, help="n-gram order of the blind-check LM (default 3)")
+    p.add_argument("--seed", type=int, help="seed of the held-out split, pair sample and examples (default 0)")
+    p.add_argument("--max-pairs", type=int, help="pairs scored per family, a seeded sample (default 5000)")
+    p.add_argument("--examples", type=int, help="examples per family in report.md (default 5)")
+    add_config_args(p, "report")
+    p.set_defaults(func=_report)
