@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from trainer_shards import FAMILIES, global_batch, shapes_dataset
+from support.shards import FAMILIES, global_batch, shapes_dataset
 
 from trainer.config import LossConfig, ModelConfig
 from trainer.data import ImageSpec
@@ -32,7 +32,7 @@ from trainer.data import ImageSpec
 from trainer.distributed import init_distributed, gather_with_grad
 from trainer.loop import encode_batch, global_losses, train
 from trainer.models import build_model
-from trainer_shards import global_batch, slice_batch
+from support.shards import global_batch, slice_batch
 
 info = init_distributed()
 assert info.world_size == 2, info

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from PIL import Image
-from trainer_shards import COLORS, SHAPES, shape_image, shapes_dataset
+from support.shards import COLORS, SHAPES, shape_image, shapes_dataset
 
 from pipeline.cli import main
 from pipeline.core.errors import ConfigError, SourceError

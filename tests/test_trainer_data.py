@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
-from trainer_shards import FAMILIES, shape_image, shapes_dataset, shapes_rows, write_shard
+from support.shards import FAMILIES, shape_image, shapes_dataset, shapes_rows, write_shard
 
 from pipeline.core.errors import ConfigError, SourceError
 from pipeline.records import CaptionRecord
