@@ -17,10 +17,10 @@ import yaml
 from support.hub_standin import StandinHub
 
 from pipeline.config import GenerateConfig, SourceConfig
+from pipeline.contract.manifest import build_manifest
 from pipeline.contract.schema import arrow_schema, hf_features, rows_to_table
 from pipeline.core.atomic import sha256_file, write_json_atomic, write_table_atomic
 from pipeline.core.errors import ConfigError, HardnegError
-from pipeline.contract.manifest import build_manifest
 from pipeline.publish.publish import plan_commits, publish, size_category
 from pipeline.records import Candidate, CaptionRecord
 from pipeline.rules.builder import to_row

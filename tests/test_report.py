@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import GenerateConfig, SourceConfig
+from pipeline.contract.manifest import build_manifest
 from pipeline.contract.schema import arrow_schema, rows_to_table
 from pipeline.core.atomic import write_json_atomic, write_table_atomic
 from pipeline.core.errors import ConfigError
-from pipeline.contract.manifest import build_manifest
 from pipeline.records import Candidate, CaptionRecord
 from pipeline.report.blind import BlindCheck, BlindConfig, NgramScorer, blind_check, tokenize, wilson_interval
 from pipeline.report.report import PLOTS, REPORT_JSON, REPORT_MD, ReportConfig, build_report
