@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import yaml
 
+from pipeline.contract.shards import verify_shards
 from pipeline.core.errors import ConfigError, HardnegError
 
 if TYPE_CHECKING:  # pyarrow is imported where used, so `hardneg --help` stays fast
@@ -184,6 +185,7 @@ def publish_dataset(
     dataset_dir = Path(dataset_dir)
     manifest = load_manifest(dataset_dir)
     shard_sha = verify_shards(dataset_dir, manifest)
+    _check_split_names(shard_sha)
     report_path = Path(cfg.report) if cfg.report else dataset_dir / "report.json"
     report = _load_report(report_path, explicit=cfg.report is not None)
 
@@ -215,38 +217,11 @@ def publish_dataset(
 # --------------------------------------------------------------------------- checking the input
 
 
-def verify_shards(dataset_dir: Path, manifest: dict[str, Any]) -> dict[str, str]:
-    """The sha256 of every shard, after checking the folder still holds exactly what its manifest lists."""
-    import pyarrow.parquet as pq
-
-    from pipeline.contract.schema import check_version, read_meta
-    from pipeline.contract.shards import list_shards
-    from pipeline.core.atomic import sha256_file
-
-    listed = {s["path"]: s for s in manifest.get("shards", [])}
-    if not listed:
-        raise HardnegError(f"the manifest of {dataset_dir} lists no shards")
-    on_disk = {p.relative_to(dataset_dir).as_posix() for files in list_shards(dataset_dir).values() for p in files}
-    missing, extra = sorted(set(listed) - on_disk), sorted(on_disk - set(listed))
-    if missing or extra:
-        raise HardnegError(
-            f"{dataset_dir} does not match its manifest (missing {missing[:5]}, not in the manifest {extra[:5]});"
-            " rerun `hardneg generate` so shards and manifest agree"
-        )
-    sha: dict[str, str] = {}
-    for rel, info in listed.items():
-        path = dataset_dir / rel
-        try:
-            check_version(read_meta(pq.read_schema(path)))
-        except ValueError as e:
-            raise HardnegError(f"{path}: {e}") from None
-        sha[rel] = sha256_file(path)
-        if info.get("sha256") and sha[rel] != info["sha256"]:
-            raise HardnegError(f"{path} changed since its manifest was written (sha256 differs); regenerate it")
+def _check_split_names(shard_paths: Iterable[str]) -> None:
+    for rel in shard_paths:
         split = rel.split("/", 1)[0]
         if not _SPLIT_NAME.match(split):
             raise HardnegError(f"split name {split!r} is not a valid Hub split name (letters, digits, _ and .)")
-    return sha
 
 
 def _load_report(path: Path, explicit: bool) -> dict[str, Any] | None:
