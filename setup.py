@@ -2,7 +2,7 @@
 
 The list of modules and the stale-build guard live in ``pipeline/_compiled.py``. The build is
 optional: ``HARDNEG_COMPILE=0`` skips it, and without mypy or a C compiler hardneg installs as pure
-Python (same output, about half the rule speed; see the README's benchmark section).
+Python (same output, about half the rule speed; see docs/compiled-rules.md and docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 (a) One training step of ``hardneg-tiny`` with K=3 hard negatives per caption and all three losses
     (contrastive with hard negatives, IMC, CMR), against a plain open_clip forward/backward with
     ``open_clip.ClipLoss`` over the same B images and B*(1+K) texts (one ClipLoss call per text
-    block, so every text is encoded and back-propagated in both). Target: ratio <= 1.05.
+    block, so every text is encoded and back-propagated in both). Ours includes the trainer's check
+    that the loss and every gradient are finite. Target: ratio <= 1.05.
 (b) Data-loader throughput of ``trainer.data.NegativeStream`` (Parquet rows with image paths,
     draft-mode JPEG decode, uint8 hand-over, tokenisation of 1+K captions per sample) against a naive
     map-style pipeline: ``Image.open(path).convert("RGB")`` -> open_clip's own train (or val)
@@ -13,7 +14,7 @@
 
 Timings alternate between the two sides and report medians, so background load hits both alike.
 
-    python bench/bench_train.py                 # defaults used for the README figures
+    python bench/bench_train.py                 # defaults used for the docs/benchmarks.md figures
     python bench/bench_train.py --threads 2 --batch-size 64
 """
 
@@ -45,7 +46,7 @@ def bench_step(batch_size: int, k: int, repeats: int) -> dict:
 
     from trainer.config import LossConfig, ModelConfig
     from trainer.data import ImageSpec, normalize_images
-    from trainer.loop import encode_batch, global_losses
+    from trainer.loop import all_finite, encode_batch, global_losses
     from trainer.models import build_model
 
     torch.manual_seed(0)
@@ -74,6 +75,7 @@ def bench_step(batch_size: int, k: int, repeats: int) -> dict:
         out = global_losses(img, txt, negs, mask, scale, loss_cfg)
         model.zero_grad(set_to_none=True)
         out["total"].backward()
+        all_finite(out["total"], model.parameters())
 
     def plain() -> None:
         img, txt, scale = model(images_f, tokens)

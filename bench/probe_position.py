@@ -3,7 +3,7 @@
 Trains the ``hardneg-tiny`` image tower plus a linear head, with plain supervision, to name the
 colour of the *left* object of the embedded world's left/right scenes, and prints held-out accuracy
 every 100 steps. Naming a colour that is present but ignoring position scores about 50%; above that
-the tower has learned position. The README uses it to separate "the image tower cannot encode
+the tower has learned position. docs/world.md uses it to separate "the image tower cannot encode
 relations" from "contrastive training does not get it to" (the image tower learns this quickly).
 
   python bench/probe_position.py [--world data/world] [--steps 600]

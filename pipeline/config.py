@@ -51,6 +51,89 @@ class ParseConfig:
 
 
 @dataclass
+class FamilyFloors:
+    """A plausibility floor per family, in bits (null: none); one field per family of
+    ``pipeline.contract.families`` (a test keeps them in step)."""
+
+    relation_swap: float | None = None
+    attribute_swap: float | None = None
+    object_swap: float | None = None
+    relation_replace: float | None = -2.0
+    attribute_replace: float | None = None
+    object_replace: float | None = None
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: float(v) for k, v in to_dict(self).items() if v is not None}
+
+
+@dataclass
+class CrossClassFloors:
+    """For the two families that exchange nouns: the score (bits) a swap between nouns of
+    incompatible semantic classes (a person and a skateboard) needs to be kept; null keeps none."""
+
+    relation_swap: float | None = -2.0
+    object_swap: float | None = -2.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: float(v) for k, v in to_dict(self).items() if v is not None}
+
+
+@dataclass
+class PlausibilityConfig:
+    """How candidates are scored, ranked and filtered by the dependency pairs they create
+    (``pipeline/rules/plausibility.py``; docs/negative-quality.md)."""
+
+    #: score candidates and rank them by score (false: rule priority and the seeded hash rank them,
+    #: and swaps between incompatible noun classes are never kept)
+    enabled: bool = True
+    #: the corpus pass parses at most this many captions first (those of the statistics sample,
+    #: ``stats_sample``, with the smallest seeded hash of their id: every caption when there are no
+    #: more) and counts their dependency pairs; the local engine reuses those parses for the negatives
+    sample_captions: int = 50_000
+    #: a candidate scoring under its family's floor is rejected (``implausible``)
+    floor: FamilyFloors = field(default_factory=FamilyFloors)
+    #: object_swap / relation_swap between nouns of incompatible semantic classes are kept only
+    #: when they score at least this, else rejected (``class_mismatch``)
+    cross_class_floor: CrossClassFloors = field(default_factory=CrossClassFloors)
+
+    def validate(self) -> None:
+        if self.sample_captions < 1:
+            raise ConfigError(f"plausibility.sample_captions must be >= 1, got {self.sample_captions}")
+
+
+#: values of ``GenerateConfig.engine`` (see pipeline/engines and docs/scale.md)
+ENGINES = ("local", "ray")
+
+
+@dataclass
+class StreamConfig:
+    """Memory bounds of the local engine; they never change a row (at most the shard layout)."""
+
+    #: a source that scatters an image's captions (COCO annotation files) is hash-partitioned on
+    #: disk into parts of about this many captions; one part is held while its images are grouped
+    partition_rows: int = 200_000
+    #: shards queued per worker process (each holds ``shard_size`` records in the driver)
+    in_flight: int = 2
+
+
+@dataclass
+class RayConfig:
+    """``engine: ray``: which Ray cluster, and how many actors. An actor's unit of work is a shard
+    (``shard_size`` captions), as a worker process's is in the local engine."""
+
+    #: a cluster to join (``auto``, ``ray://head:10001``, ``head:6379``); None starts a local Ray
+    address: str | None = None
+    #: actors of the corpus pass and of the negatives pass; each loads the spaCy pipeline once
+    actors: int = 2
+    #: CPUs per actor
+    actor_cpus: float = 1.0
+    #: ``ray.init`` ``num_cpus`` for a local instance; None lets Ray count the machine's cores
+    num_cpus: int | None = None
+    #: restarts of an actor that died, and retries of the shard it was working on
+    max_retries: int = 3
+
+
+@dataclass
 class GenerateConfig:
     """Everything that decides what ``hardneg generate`` writes."""
 
@@ -70,11 +153,20 @@ class GenerateConfig:
     out: str = "data/negatives"
     manifest_dir: str = "manifests"
     workers: int = 1
-    #: enrich replace families from WordNet when its data is installed (see README)
+    #: enrich replace families from WordNet when its data is installed (see docs/stage1.md), and
+    #: give the swap families the WordNet class of nouns the curated classes miss
     use_wordnet: bool = True
+    plausibility: PlausibilityConfig = field(default_factory=PlausibilityConfig)
+    #: corpus statistics come from this many captions at most: those with the smallest seeded hash
+    #: of their id (all captions when there are no more; see docs/scale.md)
+    stats_sample: int = 1_000_000
+    #: local (process pool, bounded memory) | ray (Ray Data); both write the same rows
+    engine: str = "local"
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
     #: fields that never change the shard contents
-    NON_DATA_FIELDS: ClassVar[tuple[str, ...]] = ("out", "manifest_dir", "workers")
+    NON_DATA_FIELDS: ClassVar[tuple[str, ...]] = ("out", "manifest_dir", "workers", "engine", "stream", "ray")
 
     def validate(self) -> None:
         unknown = [f for f in self.families if f not in ALL_FAMILIES]
@@ -90,6 +182,13 @@ class GenerateConfig:
             raise ConfigError(f"workers must be >= 1, got {self.workers}")
         if not self.source.path:
             raise ConfigError("source.path is required (the caption file, folder or HF dataset)")
+        self.plausibility.validate()
+        if self.engine not in ENGINES:
+            raise ConfigError(f"engine must be one of {list(ENGINES)}, got {self.engine!r}")
+        if self.stats_sample < 1 or self.stream.partition_rows < 1 or self.stream.in_flight < 1:
+            raise ConfigError("stats_sample, stream.partition_rows and stream.in_flight must be >= 1")
+        if self.ray.actors < 1 or self.ray.actor_cpus <= 0 or self.ray.max_retries < 0:
+            raise ConfigError("ray.actors must be >= 1, ray.actor_cpus > 0 and ray.max_retries >= 0")
 
     def data_dict(self) -> dict[str, Any]:
         """The resolved config minus fields that do not change the data."""

@@ -5,19 +5,30 @@ image). Each shard is an independent task: a worker process parses it with its o
 writes it atomically and leaves a small stats file beside it. A rerun with the same config skips
 finished shards; a run with a different config works in its own folder and replaces the old output
 whole when it completes, so two configs never mix.
+
+The corpus pass (plausibility scores, ``pipeline/rules/plausibility.py``) runs first: the same
+workers parse the captions of a bounded, seeded sample (the ``plausibility.sample_captions``
+records with the smallest seeded hash of their id: every record when there are no more), keep
+their token tables in the work folder and count their dependency pairs; the counts are compiled
+once, and the negatives pass reuses those token tables instead of parsing the captions again. So no
+caption is parsed twice by either engine (the ray engine runs the same count tasks on its actors).
 """
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import logging
+import marshal
 import multiprocessing as mp
 import os
+import pickle
 import shutil
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,23 +37,28 @@ from tqdm import tqdm
 
 from pipeline import __version__, _compiled
 from pipeline.config import GenerateConfig
-from pipeline.contract.manifest import build_manifest
+from pipeline.contract.manifest import Manifest, build_manifest, read_manifest
 from pipeline.contract.schema import SCHEMA_VERSION, arrow_schema
 from pipeline.contract.shards import shard_meta
-from pipeline.core.atomic import write_json_atomic, write_table_atomic
+from pipeline.core.atomic import write_bytes_atomic, write_json_atomic, write_table_atomic
 from pipeline.core.config import config_hash
-from pipeline.core.errors import ConfigError
+from pipeline.core.errors import ConfigError, HardnegError
+from pipeline.engines.common import ALL, BottomK, record_key, sample_hash
+from pipeline.engines.streaming import SampleRecords, ShardStream, scan_source
 from pipeline.nlp import load_nlp, model_info, model_version, parse, resolve_model
-from pipeline.records import CaptionRecord, RejectCounts, Skip
+from pipeline.records import CaptionRecord, RejectCounts
 from pipeline.rules.builder import ShardBuilder
-from pipeline.rules.families import Resources, available_families
+from pipeline.rules.families import ParsedCaption, Resources, available_families
 from pipeline.rules.filters import group_keys
 from pipeline.rules.negatives import add_negatives
-from pipeline.sources import fingerprint, iter_source, source_name
+from pipeline.rules.plausibility import compile_pair_tables, dep_pairs, lemma_of, pair_key
+from pipeline.rules.syntax import Tok, tokens_of
+from pipeline.sources import fingerprint, source_name
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "_hardneg_state.json"
+_new_tok = tuple.__new__
 
 
 @dataclass
@@ -52,6 +68,11 @@ class ShardTask:
     records: list[CaptionRecord]
     path: str
     meta: dict[str, Any]
+    #: the token tables the corpus pass kept for this shard's sampled captions (None: parse all)
+    corpus: str | None = None
+    #: the compiled pair tables of the corpus pass, loaded once per worker (None: no scores, or
+    #: already in the worker's resources)
+    pair_tables: str | None = None
 
 
 @dataclass
@@ -83,7 +104,7 @@ def _init_worker(cfg: GenerateConfig, resources: Resources) -> None:
 
 
 def _run_shard(task: ShardTask) -> tuple[int, ShardStats, dict[str, Any]]:
-    nlp, cfg, resources = _WORKER["nlp"], _WORKER["cfg"], _WORKER["resources"]
+    nlp, cfg, resources = _WORKER["nlp"], _WORKER["cfg"], _worker_resources(task)
     captions: dict[str, list[str]] = {}
     for r in task.records:
         captions.setdefault(r.group, []).append(r.caption)
@@ -95,7 +116,8 @@ def _run_shard(task: ShardTask) -> tuple[int, ShardStats, dict[str, Any]]:
     # Parse the whole shard first, then run the rules: interleaving Python rule work between the
     # parser's batches evicts the model from the CPU caches; measured back to back on 6,000 COCO
     # captions it cost 50-90 us a caption more. A shard's docs take a few MB.
-    docs = list(parse(nlp, [r.caption for r in task.records], cfg.parse.batch_size))
+    docs = _shard_docs(nlp, cfg, task)
+    sampled = _sampled_ids(task.records, cfg.seed, resources.data.get("sample_threshold"))
     # The rules make only short-lived, acyclic objects (reference counting frees them); the cyclic
     # collector would scan them every 50,000 allocations for nothing. Off for the loop, on after.
     gc_on = gc.isenabled()
@@ -103,7 +125,7 @@ def _run_shard(task: ShardTask) -> tuple[int, ShardStats, dict[str, Any]]:
         gc.disable()
     try:
         stats.generated, stats.candidates, stats.covered = add_negatives(
-            task.records, docs, groups, cfg.families, cfg.k, cfg.seed, resources, rejects, builder
+            task.records, docs, groups, cfg.families, cfg.k, cfg.seed, resources, rejects, builder, sampled
         )
     finally:
         if gc_on:
@@ -121,45 +143,232 @@ def _stats_path(shard_path: str | Path) -> Path:
     return p.with_name(f"_{p.stem}.stats.json")
 
 
-# --------------------------------------------------------------------------- driver
+# --------------------------------------------------------------------------- the corpus pass
+
+#: folder of the corpus pass inside the run's work folder (deleted with it when the run completes)
+CORPUS_DIR = ".corpus"
+PAIR_TABLES_FILE = "pair_tables.pkl"
 
 
-def read_records(cfg: GenerateConfig) -> tuple[list[CaptionRecord], Counter, list[str]]:
-    """All records of the source, the skipped rows counted by reason, and example skip locations."""
-    records: list[CaptionRecord] = []
-    skipped: Counter = Counter()
-    examples: list[str] = []
-    for item in tqdm(iter_source(cfg.source), desc="read", unit=" captions", mininterval=2, leave=False):
-        if isinstance(item, Skip):
-            reason, where = item.reason, item.where
-        elif len(item.caption) > cfg.max_chars:
-            reason, where = "too_long", item.id
+def _sampled_ids(records: list[CaptionRecord], seed: int, threshold: int | None) -> frozenset[str]:
+    """Ids of the records in the corpus sample (the smallest seeded hashes, ``threshold`` included)."""
+    if threshold is None:
+        return frozenset()
+    if threshold == ALL:
+        return frozenset(r.id for r in records)
+    return frozenset(r.id for r in records if sample_hash(record_key(r.id, seed)) <= threshold)
+
+
+def _worker_resources(task: ShardTask) -> Resources:
+    """The worker's resources, with the corpus pass's pair tables once a task names them (a pool's
+    workers received their resources before the corpus pass had counted anything)."""
+    resources: Resources = _WORKER["resources"]
+    if task.pair_tables and _WORKER.get("pair_tables") != task.pair_tables:
+        with open(task.pair_tables, "rb") as f:
+            resources.data.update(pickle.load(f))
+        _WORKER["pair_tables"] = task.pair_tables
+    return resources
+
+
+def _shard_docs(nlp: Any, cfg: GenerateConfig, task: ShardTask) -> list[Any]:
+    """Parses of a shard's captions: those the corpus pass kept (in this process, or as token
+    tables in the work folder), the rest parsed now."""
+    kept: dict[str, ParsedCaption] = _WORKER.get("kept", {}).pop(task.index, {})
+    if not kept and task.corpus and os.path.exists(task.corpus):
+        with open(task.corpus, "rb") as f:
+            for rid, text, toks, children in marshal.load(f):
+                kept[rid] = ParsedCaption.from_tokens(text, tuple([_new_tok(Tok, t) for t in toks]), children)
+    todo = [r.caption for r in task.records if r.id not in kept]
+    parsed = iter(list(parse(nlp, todo, cfg.parse.batch_size)) if todo else [])
+    return [kept[r.id] if r.id in kept else next(parsed) for r in task.records]
+
+
+def _count_shard(task: ShardTask) -> tuple[int, dict[tuple[str, str, str], int], list[str]]:
+    """Worker side of the corpus pass: parse one shard's sampled captions, keep their token tables
+    (``task.corpus``) and count their dependency pairs; also returns the sample's nouns (for the
+    WordNet classes of nouns the curated classes miss)."""
+    nlp, cfg = _WORKER["nlp"], _WORKER["cfg"]
+    counts: Counter = Counter()
+    nouns: set[str] = set()
+    in_process = "kept" in _WORKER  # one worker: the views stay in memory for the negatives pass
+    kept: dict[str, ParsedCaption] = {}
+    rows = []
+    docs = list(parse(nlp, [r.caption for r in task.records], cfg.parse.batch_size))
+    # the views are acyclic and kept until their shard is written: the cyclic collector would
+    # rescan them over and over for nothing (see _run_shard)
+    gc_on = gc.isenabled()
+    if gc_on:
+        gc.disable()
+    try:
+        _count_docs(task, docs, in_process, kept, rows, counts, nouns)
+    finally:
+        if gc_on:
+            gc.enable()
+    if in_process:
+        _WORKER["kept"][task.index] = kept
+        gc.freeze()  # out of every later collection's way; freed as usual once popped
+    else:
+        assert task.corpus is not None
+        Path(task.corpus).parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(marshal.dumps(rows), task.corpus)
+    return task.index, dict(counts), sorted(nouns)
+
+
+def _count_docs(
+    task: ShardTask, docs: list[Any], in_process: bool, kept: dict[str, ParsedCaption], rows: list[Any],
+    counts: Counter, nouns: set[str],
+) -> None:
+    for r, doc in zip(task.records, docs):
+        toks, children = tokens_of(doc)
+        if in_process:
+            p = ParsedCaption.from_tokens(r.caption, toks, children)
+            kept[r.id] = p
+            lemmas, deps = p.lemmas, p.deps
         else:
-            records.append(item)
-            continue
-        skipped[reason] += 1
-        if len(examples) < 20:
-            examples.append(f"{reason}: {where}")
-        log.debug("skipped %s: %s", reason, where)
-    return records, skipped, examples
+            lemmas = tuple([lemma_of(t) for t in toks])
+            deps = dep_pairs(toks, children)
+            rows.append((r.id, r.caption, [tuple(t) for t in toks], children))
+        counts.update([pair_key(d, lemmas) for d in deps])
+        nouns.update(lemmas[t.i] for t in toks if t.pos == "NOUN")
 
 
-def plan_shards(records: list[CaptionRecord], shard_size: int) -> list[tuple[str, list[CaptionRecord]]]:
-    """Cut records into shards per split, never splitting one image's captions across shards."""
-    by_split: dict[str, dict[str, list[CaptionRecord]]] = {}
-    for r in records:
-        by_split.setdefault(r.split, {}).setdefault(r.group, []).append(r)
-    plan: list[tuple[str, list[CaptionRecord]]] = []
-    for split in sorted(by_split):
-        current: list[CaptionRecord] = []
-        for group in by_split[split].values():  # first-appearance order of groups
-            if current and len(current) + len(group) > shard_size:
-                plan.append((split, current))
-                current = []
-            current.extend(group)
-        if current:
-            plan.append((split, current))
-    return plan
+class CorpusPass:
+    """Plans the corpus pass, gathers the workers' counts and compiles the pair tables.
+
+    The sample is the ``sample_captions`` records with the smallest seeded hash of their id
+    (:mod:`pipeline.engines.common`), so it does not depend on sharding, worker count or engine;
+    the counts are summed, so their order does not matter either.
+    """
+
+    def __init__(self, cfg: GenerateConfig, work: Path, threshold: int, resources: Resources) -> None:
+        self.cfg, self.threshold, self.resources = cfg, threshold, resources
+        self.folder = work / CORPUS_DIR
+        self.counts: Counter = Counter()
+        self.nouns: set[str] = set()
+        self.captions = 0
+        self.tables_path: str | None = None
+
+    def corpus_path(self, index: int) -> str:
+        return str(self.folder / f"part-{index:05d}.marshal")
+
+    def tasks(self, shards: Iterable[tuple[int, str, list[CaptionRecord]]]) -> Iterator[ShardTask]:
+        """One counting task per shard with sampled captions (kept token tables are reused: a
+        resumed run recounts them without parsing)."""
+        for i, split, recs in shards:
+            ids = _sampled_ids(recs, self.cfg.seed, self.threshold)
+            sample = [r for r in recs if r.id in ids]
+            if sample:
+                yield ShardTask(i, split, sample, "", {}, corpus=self.corpus_path(i))
+
+    def recount(self, task: ShardTask) -> bool:
+        """Count a shard whose token tables an earlier (interrupted) run kept; False if there are none."""
+        assert task.corpus is not None
+        try:
+            with open(task.corpus, "rb") as f:
+                rows = marshal.load(f)
+        except (OSError, ValueError, EOFError):
+            return False
+        if [r[0] for r in rows] != [r.id for r in task.records]:
+            return False
+        counts: Counter = Counter()
+        nouns: set[str] = set()
+        for _, _, toks, children in rows:
+            tt = tuple([_new_tok(Tok, t) for t in toks])
+            lemmas = tuple([lemma_of(t) for t in tt])
+            counts.update([pair_key(p, lemmas) for p in dep_pairs(tt, children)])
+            nouns.update(lemmas[t.i] for t in tt if t.pos == "NOUN")
+        self.add(task.index, dict(counts), sorted(nouns), len(rows))
+        return True
+
+    def add(self, index: int, counts: dict[tuple[str, str, str], int], nouns: list[str], n: int) -> None:
+        self.counts.update(counts)
+        self.nouns.update(nouns)
+        self.captions += n
+
+    def finish(self) -> None:
+        """Compile the pair tables (with the run's semantic classes) and hand them to the workers."""
+        tables = pair_tables(self.cfg, self.resources, self.counts, self.captions, self.nouns)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / PAIR_TABLES_FILE
+        write_bytes_atomic(pickle.dumps(tables, protocol=pickle.HIGHEST_PROTOCOL), path)
+        self.resources.data.update(tables)
+        self.tables_path = str(path)
+        log.info("corpus pass: %d dependency pairs (%d distinct) counted on %d captions",
+                 sum(self.counts.values()), len(self.counts), self.captions)
+
+
+def pair_tables(
+    cfg: GenerateConfig, resources: Resources, counts: Counter, captions: int, nouns: Iterable[str]
+) -> dict[str, Any]:
+    """What the negatives pass needs of the corpus pass: the compiled pair tables, the swap rules'
+    classes (extended with WordNet's for nouns the curated classes miss, when installed), floors."""
+    from pipeline.lexicon import extend_semantics_with_wordnet, wordnet_available
+    from pipeline.rules.families.swap import swap_tables
+
+    sw = resources.data.get("swap") or swap_tables()
+    sem = sw.sem
+    if cfg.use_wordnet and wordnet_available():
+        try:
+            sem = extend_semantics_with_wordnet(sem, nouns)
+        except Exception as e:  # damaged WordNet data must not stop a run: the curated classes suffice
+            log.warning("WordNet classes failed (%s: %s); using the curated classes only", type(e).__name__, e)
+    return {
+        "swap": sw._replace(sem=sem),
+        "plausibility": compile_pair_tables(counts, captions, sem.noun_class, sem.modifier_type),
+    }
+
+
+def sample_threshold(cfg: GenerateConfig, scan: Any, sample: Iterable[CaptionRecord]) -> int:
+    """The seeded-hash threshold of the corpus sample, the ``plausibility.sample_captions`` smallest
+    hashes of the statistics sample (``scan``; all of it when it is no larger)."""
+    size = cfg.plausibility.sample_captions
+    if scan.sample_size <= size:
+        return int(scan.sample_threshold)
+    bottom = BottomK(size)
+    for r in sample:
+        bottom.add(sample_hash(record_key(r.id, cfg.seed)))
+    return bottom.threshold
+
+
+def scoring_settings(cfg: GenerateConfig, resources: Resources, threshold: int) -> None:
+    """What the negatives pass reads besides the tables: the sample's threshold (for leaving a
+    sampled caption's own pairs out), the floors."""
+    resources.data.update(
+        sample_threshold=threshold,
+        floors=cfg.plausibility.floor.as_dict(),
+        cross_class_floors=cfg.plausibility.cross_class_floor.as_dict(),
+    )
+
+
+def plausibility_resources(cfg: GenerateConfig, resources: Resources, records: list[CaptionRecord]) -> None:
+    """The corpus pass over records held in memory, in this process (a reference for the engines'
+    tests, and the same statistics the engines compute)."""
+    size = min(cfg.plausibility.sample_captions, cfg.stats_sample)
+    if len(records) <= size:
+        threshold = ALL
+    else:
+        threshold = sorted(sample_hash(record_key(r.id, cfg.seed)) for r in records)[size - 1]
+    scoring_settings(cfg, resources, threshold)
+    driver_statistics(cfg, resources, threshold, records)
+
+
+def driver_statistics(cfg: GenerateConfig, resources: Resources, threshold: int, sample: Iterable[CaptionRecord]) -> Counter:
+    """The corpus pass in this process (the ray engine's actors get the tables with their resources):
+    the sample is parsed here, then again by the actors."""
+    nlp = load_nlp(cfg.parse)
+    records = [r for r in sample if threshold == ALL or sample_hash(record_key(r.id, cfg.seed)) <= threshold]
+    counts: Counter = Counter()
+    nouns: set[str] = set()
+    for doc in parse(nlp, [r.caption for r in records], cfg.parse.batch_size):
+        toks, children = tokens_of(doc)
+        lemmas = tuple([lemma_of(t) for t in toks])
+        counts.update([pair_key(p, lemmas) for p in dep_pairs(toks, children)])
+        nouns.update(lemmas[t.i] for t in toks if t.pos == "NOUN")
+    resources.data.update(pair_tables(cfg, resources, counts, len(records), nouns))
+    return counts
+
+
+# --------------------------------------------------------------------------- driver
 
 
 def run_identity(cfg: GenerateConfig, input_fp: str, model: str) -> dict[str, Any]:
@@ -172,15 +381,15 @@ def run_identity(cfg: GenerateConfig, input_fp: str, model: str) -> dict[str, An
         "spacy_model": model,
         "spacy_model_version": model_version(model),
     }
-    if cfg.use_wordnet and any(f.endswith("_replace") for f in cfg.families):
+    if cfg.use_wordnet and (cfg.plausibility.enabled or any(f.endswith("_replace") for f in cfg.families)):
         from pipeline.lexicon import wordnet_available
 
-        # installing or removing WordNet changes the replace families' output
+        # installing or removing WordNet changes the replace families' output and the swap classes
         identity["wordnet"] = wordnet_available()
     return identity
 
 
-def generate(cfg: GenerateConfig) -> dict[str, Any]:
+def generate(cfg: GenerateConfig) -> Manifest:
     """Run stage 1 and return the manifest (also written to ``manifests/<name>.json``)."""
     cfg.validate()
     missing = [f for f in cfg.families if f not in available_families()]
@@ -198,41 +407,75 @@ def generate(cfg: GenerateConfig) -> dict[str, Any]:
     current = _current_manifest(out, state, run_hash)
     if current is not None:
         log.info("%s is up to date (config %s); nothing to do", out, run_hash[:12])
-        if _read_json(mpath).get("config_hash") != run_hash or current.get("output_dir") != str(cfg.out):
-            current["output_dir"] = str(cfg.out)
-            write_json_atomic(current, mpath)  # manifests/<name>.json went stale or missing
+        listed = _manifest_or_none(mpath)
+        if listed is None or listed.config_hash != run_hash or current.output_dir != str(cfg.out):
+            current.output_dir = str(cfg.out)
+            write_json_atomic(current.to_dict(), mpath)  # manifests/<name>.json went stale or missing
         return current
     _check_source_outside(cfg, out)
 
-    t0 = time.perf_counter()
-    records, skipped, skip_examples = read_records(cfg)
-    read_seconds = time.perf_counter() - t0
-    log.info("read %d captions (%d skipped: %s)", len(records), sum(skipped.values()), dict(skipped))
-
+    # bounded memory: pass 1 counts and plans, pass 2 cuts shards as the source streams by
+    # (pipeline/engines/streaming.py); no list of all records is ever built
     work = out / f".partial-{run_hash[:12]}"
-    plan = plan_shards(records, cfg.shard_size)
+    engine = None  # engine: ray runs the same three passes on Ray (pipeline/engines/ray_engine.py)
+    if cfg.engine == "ray":
+        from pipeline.engines.ray_engine import RayEngine
+
+        engine = RayEngine(cfg, work)
+    scan = engine.scan_source() if engine else scan_source(cfg, work)
+    skipped, skip_examples, read_seconds = scan.skipped, scan.skip_examples, scan.read_seconds
+    log.info("read %d captions (%d skipped: %s)", scan.records, sum(skipped.values()), dict(skipped))
+
+    stream = engine.stream if engine else ShardStream(cfg, scan, work)
+    plan = stream.plan
     _check_foreign_splits(out, {split for split, _ in plan}, state)
-    resources = build_resources(cfg, records)
+    resources = build_resources(cfg, engine.sample() if engine else SampleRecords(cfg, scan))
+    corpus: CorpusPass | None = None
+    statistics: dict[str, Any] = {"source": "none"}
+    if cfg.plausibility.enabled:
+        threshold = sample_threshold(cfg, scan, engine.sample() if engine else SampleRecords(cfg, scan))
+        scoring_settings(cfg, resources, threshold)
+        corpus = CorpusPass(cfg, work, threshold, resources)
     meta = {"config_hash": run_hash, "families": list(cfg.families), "hardneg_version": __version__}
-    tasks = []
     done: dict[int, tuple[ShardStats, dict[str, Any]]] = {}
     counts_per_split: Counter = Counter(split for split, _ in plan)
     index_in_split: Counter = Counter()
-    for i, (split, recs) in enumerate(plan):
+    paths: list[Path] = []
+    for i, (split, _) in enumerate(plan):
         j = index_in_split[split]
         index_in_split[split] += 1
-        path = work / split / f"part-{j:05d}-of-{counts_per_split[split]:05d}.parquet"
-        finished = _finished_shard(path, run_hash)
+        paths.append(work / split / f"part-{j:05d}-of-{counts_per_split[split]:05d}.parquet")
+        finished = _finished_shard(paths[i], run_hash)
         if finished is not None:
             done[i] = finished
-            continue
-        tasks.append(ShardTask(i, split, recs, str(path), meta))
     if done:
         log.info("resuming: %d of %d shards already written", len(done), len(plan))
+    resumed = len(done)
+    tasks = (ShardTask(i, split, recs, str(paths[i]), meta) for i, split, recs in stream if i not in done)
+    todo_rows = sum(n for i, (_, n) in enumerate(plan) if i not in done)
 
     log.info("rule modules: %s", _compiled.status()["reason"])
     t1 = time.perf_counter()
-    _run_tasks(cfg, resources, tasks, done)
+    if engine:  # the actors run this module's worker initializer, shard and corpus count functions
+        make_task = functools.partial(_shard_task, [str(p) for p in paths], meta, corpus)
+        engine.run(resources, (_init_worker, _run_shard, _count_shard), make_task, done, todo_rows, corpus)
+    else:
+        if corpus is not None:
+            count_tasks = corpus.tasks(stream)
+            tasks = (
+                ShardTask(i, split, recs, str(paths[i]), meta, corpus.corpus_path(i), corpus.tables_path)
+                for i, split, recs in stream if i not in done
+            )
+        _run_tasks(cfg, resources, tasks, done, todo_rows, corpus, count_tasks if corpus is not None else ())
+    if cfg.plausibility.enabled:
+        tables = resources.data["plausibility"]
+        statistics = {
+            "source": "corpus sample",
+            "sample_captions": tables.captions,
+            "distinct_pairs": len(tables.pairs),
+            "classes": resources.data["swap"].sem.source,
+            "parsed_in": "actors" if engine else "workers",
+        }
     generate_seconds = time.perf_counter() - t1
 
     shards = _publish(out, work, plan, done, run_hash, state)
@@ -250,41 +493,73 @@ def generate(cfg: GenerateConfig) -> dict[str, Any]:
             "read_seconds": round(read_seconds, 3),
             "generate_seconds": round(generate_seconds, 3),
             "total_seconds": round(time.perf_counter() - t_start, 3),
-            "shards_resumed": len(plan) - len(tasks),
+            "shards_resumed": resumed,
+            "engine": cfg.engine,
+            **({"ray_init_seconds": round(engine.init_seconds, 3), "ray_actors": cfg.ray.actors} if engine else {}),
         },
         spacy=next((st.spacy for st, _ in done.values() if st.spacy), {"name": model, "version": model_version(model)}),
         rules_compiled=bool(_compiled.status()["compiled"]),
+        statistics=statistics,
     )
-    write_json_atomic(manifest, out / "manifest.json")
-    write_json_atomic(manifest, mpath)  # written last: its presence means the run completed
+    write_json_atomic(manifest.to_dict(), out / "manifest.json")
+    write_json_atomic(manifest.to_dict(), mpath)  # written last: its presence means the run completed
     return manifest
 
 
-def build_resources(cfg: GenerateConfig, records: list[CaptionRecord]) -> Resources:
-    """Shared read-only data for families that need it (the replace families' lexicons)."""
+def _shard_task(paths: list[str], meta: dict[str, Any], corpus: CorpusPass | None, i: int, split: str,
+                records: list[CaptionRecord]) -> ShardTask:
+    """The task of shard ``i`` (the ray engine builds them in its read task)."""
+    if corpus is None:
+        return ShardTask(i, split, records, paths[i], meta)
+    return ShardTask(i, split, records, paths[i], meta, corpus.corpus_path(i), corpus.tables_path)
+
+
+def build_resources(cfg: GenerateConfig, records: Iterable[CaptionRecord]) -> Resources:
+    """Shared read-only data for families that need it (the replace families' lexicons, the swap
+    families' semantic classes)."""
+    from pipeline.rules.families.swap import swap_tables
+
     needs = [f for f in cfg.families if f.endswith("_replace")]
     if not needs:
-        return Resources()
+        return Resources({"swap": swap_tables()})
     from pipeline.rules.families.replace import build_resources as build_replace
 
-    return build_replace(cfg, [r.caption for r in records])
+    resources = build_replace(cfg, [r.caption for r in records])
+    resources.data["swap"] = swap_tables()
+    return resources
 
 
 def _run_tasks(
     cfg: GenerateConfig,
     resources: Resources,
-    tasks: list[ShardTask],
+    tasks: Iterable[ShardTask],
     done: dict[int, tuple[ShardStats, dict[str, Any]]],
+    total: int,
+    corpus: CorpusPass | None = None,
+    count_tasks: Iterable[ShardTask] = (),
 ) -> None:
-    if not tasks:
+    """Run ``tasks`` (``total`` captions) as they are produced, holding at most
+    ``workers * stream.in_flight`` of them at a time; the corpus pass's ``count_tasks`` first, on the
+    same workers (each loads its spaCy pipeline once)."""
+    if not total:
+        if corpus is not None:  # every shard written: the counts of the kept token tables suffice
+            for ct in count_tasks:
+                corpus.recount(ct)
+            corpus.finish()
         return
-    total = sum(len(t.records) for t in tasks)
     bar = tqdm(total=total, desc="generate", unit=" captions", smoothing=0.1)
     try:
         if cfg.workers == 1:
             thresholds = gc.get_threshold()
             _init_worker(cfg, resources)
+            _WORKER["kept"] = {}
             try:
+                if corpus is not None:
+                    for ct in count_tasks:
+                        if not corpus.recount(ct):
+                            i, counts, nouns = _count_shard(ct)
+                            corpus.add(i, counts, nouns, len(ct.records))
+                    corpus.finish()
                 for task in tasks:
                     i, stats, info = _run_shard(task)
                     done[i] = (stats, info)
@@ -299,11 +574,26 @@ def _run_tasks(
             ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
             pool = ProcessPoolExecutor(cfg.workers, mp_context=ctx, initializer=_init_worker, initargs=(cfg, resources))
             try:
-                futures = [pool.submit(_run_shard, task) for task in tasks]
-                for fut in as_completed(futures):
-                    i, stats, info = fut.result()
-                    done[i] = (stats, info)
-                    bar.update(stats.rows)
+                if corpus is not None:
+                    counting = {pool.submit(_count_shard, ct): ct for ct in count_tasks if not corpus.recount(ct)}
+                    for fut in as_completed(counting):
+                        i, counts, nouns = fut.result()
+                        corpus.add(i, counts, nouns, len(counting[fut].records))
+                    corpus.finish()
+                pending: set[Future] = set()
+
+                def collect(finished: Iterable[Future]) -> None:
+                    for fut in finished:
+                        i, stats, info = fut.result()
+                        done[i] = (stats, info)
+                        bar.update(stats.rows)
+
+                for task in tasks:
+                    pending.add(pool.submit(_run_shard, task))
+                    if len(pending) >= cfg.workers * cfg.stream.in_flight:
+                        finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        collect(finished)
+                collect(as_completed(pending))
             finally:  # on an error, shards not yet started are dropped (a rerun resumes them)
                 pool.shutdown(wait=True, cancel_futures=True)
     finally:
@@ -392,12 +682,19 @@ def _state_splits(state: dict[str, Any]) -> set[str]:
     return {s["split"] for s in state.get("shards", [])}
 
 
-def _current_manifest(out: Path, state: dict[str, Any], run_hash: str) -> dict[str, Any] | None:
+def _manifest_or_none(path: Path) -> Manifest | None:
+    try:
+        return read_manifest(path)
+    except HardnegError:  # missing or unreadable: treated as stale
+        return None
+
+
+def _current_manifest(out: Path, state: dict[str, Any], run_hash: str) -> Manifest | None:
     """The manifest of a completed run of this very config in ``out``, or None."""
     if state.get("config_hash") != run_hash or not _outputs_intact(out, state):
         return None
-    manifest = _read_json(out / "manifest.json")
-    return manifest if manifest.get("config_hash") == run_hash else None
+    manifest = _manifest_or_none(out / "manifest.json")
+    return manifest if manifest is not None and manifest.config_hash == run_hash else None
 
 
 def _check_source_outside(cfg: GenerateConfig, out: Path) -> None:

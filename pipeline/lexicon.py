@@ -1,9 +1,12 @@
-"""The typed vocabularies behind the replace families: objects, attributes, relations, verbs.
+"""The typed vocabularies behind the families: objects, attributes, relations, verbs (the replace
+families, ``pipeline/data/lexicon.json``) and the semantic classes of nouns and types of modifiers
+(the swap families and the plausibility back-off, ``pipeline/data/semantics.json``).
 
-The curated lexicon ships as package data (``pipeline/data/lexicon.json``) so a run never depends
-on a download. WordNet, when its NLTK data happens to be installed, adds co-hyponyms for frequent
-nouns and antonyms for frequent adjectives the curated lists miss; without it the curated lexicon
-is used alone (logged once), so results never silently depend on the machine.
+Both ship as package data so a run never depends on a download. WordNet, when its NLTK data happens
+to be installed, adds co-hyponyms for frequent nouns and antonyms for frequent adjectives the curated
+lists miss, and the class of nouns the curated classes miss (from its lexicographer files); without
+it the curated data is used alone (logged once), so results never silently depend on the machine,
+and the run's identity records whether it was installed.
 """
 
 from __future__ import annotations
@@ -376,3 +379,287 @@ def extend_with_wordnet(
             AttributeCategory("wordnet_antonym", "state", frozenset({"ADJ"}), None, frozenset({"person"}), (), contrasts),
         )
     return dataclasses.replace(lex, noun_groups=lex.noun_groups + tuple(new_groups), attributes=attrs)
+
+
+# --------------------------------------------------------------------------- semantic classes
+
+
+@dataclass(frozen=True)
+class ModifierEntry:
+    """One group of modifier words of one type, and the noun classes they may describe."""
+
+    type: str
+    #: classes the words may describe (None: any class not in ``not_for``)
+    for_: frozenset[str] | None
+    not_for: frozenset[str]
+    #: noun class -> the only words of this entry that may describe it ("a blue dog" reads as a cheat)
+    only_for: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Semantics:
+    """Coarse classes of nouns and types of modifiers (``pipeline/data/semantics.json``).
+
+    Invariants (checked at load): every noun has one class; every class named anywhere is a class of
+    ``classes``; a modifier word has one type; ``compatible`` is symmetric and holds every class
+    with itself except the ``never_swapped`` ones.
+    """
+
+    noun_class: Mapping[str, str]
+    #: last word of a multi-word name -> the words before it, longest first ("teddy bear": "bear" -> ("teddy",))
+    multiword: Mapping[str, tuple[tuple[str, ...], ...]]
+    #: a word that is not the last of a multi-word name -> (its position, the name's words) ("fire"
+    #: -> (0, ("fire", "hydrant"))), to recognise a name the parser split
+    name_parts: Mapping[str, tuple[tuple[int, tuple[str, ...]], ...]]
+    compatible: Mapping[str, frozenset[str]]
+    never_swapped: frozenset[str]
+    #: noun -> the class it names as a whole ("person", "animal", "food")
+    generic: Mapping[str, str]
+    #: noun -> its synonyms (itself included), and -> the nouns it covers (hyponyms and their
+    #: synonyms, transitively)
+    synonyms: Mapping[str, frozenset[str]]
+    covers: Mapping[str, frozenset[str]]
+    aliases: Mapping[str, str]
+    mass: frozenset[str]
+    count_or_mass: frozenset[str]
+    plural_only: frozenset[str]
+    invariant: frozenset[str]
+    modifier_type: Mapping[str, str]
+    modifier_entries: Mapping[str, tuple[ModifierEntry, ...]]
+    #: word-level restrictions: word -> (for classes or None, not_for classes)
+    modifier_fits: Mapping[str, tuple[frozenset[str] | None, frozenset[str]]]
+    shades: frozenset[str]
+    wordnet_lexnames: Mapping[str, str]
+    #: where the classes of nouns the curated lists miss came from ("curated" or "curated+wordnet")
+    source: str = "curated"
+
+    def class_of(self, noun: str) -> str | None:
+        """The class of a lower-case noun or multi-word name (after aliases; a regular plural is
+        looked up singular too); None if unknown."""
+        c = self.noun_class.get(self.aliases.get(noun, noun))
+        if c is None and noun.endswith("s"):
+            for cut in (1, 2, 3):
+                stem = noun[:-cut] + ("y" if cut == 3 and noun.endswith("ies") else "")
+                if cut == 3 and not noun.endswith("ies") or cut == 2 and not noun.endswith("es"):
+                    continue
+                c = self.noun_class.get(stem)
+                if c is not None:
+                    break
+        return c
+
+    def swappable(self, a: str, b: str) -> bool:
+        """Whether nouns of classes ``a`` and ``b`` may be exchanged by object_swap / relation_swap."""
+        return b in self.compatible.get(a, frozenset())
+
+    def same_kind(self, a: str, b: str) -> bool:
+        """Whether two nouns can name the same thing: synonyms, or one is a hypernym of the other."""
+        a, b = self.aliases.get(a, a), self.aliases.get(b, b)
+        if a == b:
+            return True
+        ga, gb = self.generic.get(a), self.generic.get(b)
+        if ga is not None and ga == self.noun_class.get(b) or gb is not None and gb == self.noun_class.get(a):
+            return True
+        return (
+            b in self.synonyms.get(a, frozenset())
+            or b in self.covers.get(a, frozenset())
+            or a in self.covers.get(b, frozenset())
+        )
+
+    def fits(self, modifier: str, noun_class: str | None) -> bool:
+        """Whether ``modifier`` can describe a noun of ``noun_class`` (an unknown class: only if
+        nothing restricts the modifier to named classes)."""
+        entries = self.modifier_entries.get(modifier)
+        if not entries:
+            return True
+        word = self.modifier_fits.get(modifier)
+        if word is not None:
+            for_, not_for = word
+            if noun_class is None:
+                if for_ is not None:
+                    return False
+            elif noun_class in not_for or (for_ is not None and noun_class not in for_):
+                return False
+        for e in entries:
+            if noun_class is None:
+                if e.for_ is None:
+                    return True
+                continue
+            if noun_class in e.not_for or (e.for_ is not None and noun_class not in e.for_):
+                continue
+            only = e.only_for.get(noun_class)
+            if only is not None and modifier not in only:
+                continue
+            return True
+        return False
+
+
+def semantics_path() -> Path:
+    return Path(str(resources.files("pipeline") / "data" / "semantics.json"))
+
+
+_SEMANTICS: dict[str, Semantics] = {}
+
+
+def load_semantics(path: str | Path | None = None) -> Semantics:
+    """Read and check the semantic classes (the packaged file unless ``path`` names another); the
+    packaged one is read once per process."""
+    key = str(path) if path is not None else ""
+    if key in _SEMANTICS:
+        return _SEMANTICS[key]
+    p = Path(path) if path is not None else semantics_path()
+    try:
+        raw = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise LexiconError(f"cannot read semantic classes {p}: {e}") from e
+    try:
+        sem = _parse_semantics(raw)
+    except (KeyError, TypeError, ValueError) as e:
+        raise LexiconError(f"malformed semantic classes {p}: {e}") from e
+    _SEMANTICS[key] = sem
+    return sem
+
+
+def _classes_of(names: Iterable[str], classes: set[str], where: str) -> frozenset[str]:
+    out = frozenset(names)
+    unknown = sorted(out - classes)
+    if unknown:
+        raise ValueError(f"{where} names unknown classes {unknown}")
+    return out
+
+
+def _parse_semantics(raw: dict[str, Any]) -> Semantics:
+    noun_class: dict[str, str] = {}
+    for cls, words in raw["classes"].items():
+        for w in words:
+            w = w.lower()
+            if w in noun_class and noun_class[w] != cls:
+                raise ValueError(f"noun {w!r} is in two classes: {noun_class[w]} and {cls}")
+            noun_class[w] = cls
+    classes = set(raw["classes"])
+    never = _classes_of(raw.get("never_swapped", ()), classes, "never_swapped")
+    compatible: dict[str, set[str]] = {c: set() if c in never else {c} for c in classes}
+    for pair in raw.get("compatible", ()):
+        _classes_of(pair, classes, f"compatible {pair}")
+        a, b = pair
+        if a in never or b in never:
+            raise ValueError(f"compatible {pair} names a never-swapped class")
+        compatible[a].add(b)
+        compatible[b].add(a)
+    generic: dict[str, str] = {}
+    for cls, words in raw.get("generic", {}).items():
+        _classes_of([cls], classes, "generic")
+        for w in words:
+            generic[w.lower()] = cls
+    synonyms: dict[str, set[str]] = {}
+    for group in raw.get("synonyms", ()):
+        words = {w.lower() for w in group}
+        for w in words:
+            synonyms.setdefault(w, {w}).update(words)
+    covers: dict[str, set[str]] = {}
+    for w, hypos in raw.get("hypernyms", {}).items():
+        for x in synonyms.get(w.lower(), {w.lower()}):
+            for h in hypos:
+                covers.setdefault(x, set()).update(synonyms.get(h.lower(), {h.lower()}))
+    changed = True
+    while changed:  # transitive: "athlete" covers "player" covers "batter"
+        changed = False
+        for w, cs in covers.items():
+            more = set().union(*(covers.get(c, set()) for c in cs)) - cs - {w}
+            if more:
+                cs |= more
+                changed = True
+    aliases = {k.lower(): v.lower() for k, v in raw.get("aliases", {}).items()}
+    for k, v in aliases.items():
+        if v not in noun_class and v not in raw["countability"]["plural_only"]:
+            raise ValueError(f"alias {k!r} -> {v!r}: the target has no class")
+    multiword: dict[str, list[tuple[str, ...]]] = {}
+    name_parts: dict[str, list[tuple[int, tuple[str, ...]]]] = {}
+    for w in noun_class:
+        parts = tuple(w.split())
+        if len(parts) > 1:
+            for last in {parts[-1], _plural_of(parts[-1])}:
+                multiword.setdefault(last, []).append(parts[:-1])
+                for k, part in enumerate(parts[:-1]):
+                    name_parts.setdefault(part, []).append((k, parts[:-1] + (last,)))
+    count = raw["countability"]
+    modifier_type: dict[str, str] = {}
+    entries: dict[str, list[ModifierEntry]] = {}
+    shades: set[str] = set()
+    for name, m in raw["modifiers"].items():
+        mtype = m.get("type", name)
+        only = {c: _words(ws) for c, ws in m.get("only_for", {}).items()}
+        _classes_of(only, classes, f"{name}.only_for")
+        entry = ModifierEntry(
+            mtype,
+            _classes_of(m["for"], classes, f"{name}.for") if "for" in m else None,
+            _classes_of(m.get("not_for", ()), classes, f"{name}.not_for"),
+            only,
+        )
+        shades |= _words(m.get("shades", ()))
+        for w in m["words"]:
+            w = w.lower()
+            if modifier_type.setdefault(w, mtype) != mtype:
+                raise ValueError(f"modifier {w!r} has two types: {modifier_type[w]} and {mtype}")
+            entries.setdefault(w, []).append(entry)
+    fits: dict[str, tuple[frozenset[str] | None, frozenset[str]]] = {}
+    for w, f in raw.get("modifier_fits", {}).items():
+        if w.startswith("_"):
+            continue
+        if w not in modifier_type:
+            raise ValueError(f"modifier_fits names {w!r}, which has no type")
+        fits[w] = (
+            _classes_of(f["for"], classes, f"modifier_fits.{w}") if "for" in f else None,
+            _classes_of(f.get("not_for", ()), classes, f"modifier_fits.{w}"),
+        )
+    lexnames = dict(raw.get("wordnet_lexnames", {}))
+    _classes_of(lexnames.values(), classes, "wordnet_lexnames")
+    return Semantics(
+        noun_class=noun_class,
+        multiword={k: tuple(sorted(set(v), key=lambda x: -len(x))) for k, v in multiword.items()},
+        name_parts={k: tuple(sorted(set(v), key=lambda x: (-len(x[1]), x))) for k, v in name_parts.items()},
+        compatible={c: frozenset(s) for c, s in compatible.items()},
+        never_swapped=never,
+        generic=generic,
+        synonyms={k: frozenset(v) for k, v in synonyms.items()},
+        covers={k: frozenset(v) for k, v in covers.items()},
+        aliases=aliases,
+        mass=_words(count["mass"]),
+        count_or_mass=_words(count["count_or_mass"]),
+        plural_only=_words(count["plural_only"]),
+        invariant=_words(count["invariant"]),
+        modifier_type=modifier_type,
+        modifier_entries={k: tuple(v) for k, v in entries.items()},
+        modifier_fits=fits,
+        shades=frozenset(shades),
+        wordnet_lexnames=lexnames,
+    )
+
+
+def _plural_of(word: str) -> str:
+    """Regular plural for matching multi-word names ("teddy bears"); irregulars are rare in names."""
+    if word.endswith(("s", "x", "z", "ch", "sh")):
+        return word + "es"
+    if word.endswith("y") and word[-2:-1] not in ("a", "e", "i", "o", "u"):
+        return word[:-1] + "ies"
+    return word + "s"
+
+
+def extend_semantics_with_wordnet(sem: Semantics, nouns: Iterable[str], wn: Any = None) -> Semantics:
+    """Classes for nouns the curated lists miss, from the lexicographer file of their first WordNet
+    noun sense (``noun.animal`` -> animal); ``wn`` is NLTK's reader or a stand-in with ``synsets``."""
+    if wn is None:
+        from nltk.corpus import wordnet as wn  # type: ignore[no-redef]
+    added: dict[str, str] = {}
+    for noun in sorted(set(nouns)):
+        if sem.class_of(noun) is not None or not noun.isalpha():
+            continue
+        syns = wn.synsets(noun, pos="n")
+        if not syns:
+            continue
+        cls = sem.wordnet_lexnames.get(syns[0].lexname())
+        if cls is not None:
+            added[noun] = cls
+    log.info("WordNet gave classes to %d nouns the curated lists miss", len(added))
+    if not added:
+        return sem
+    return dataclasses.replace(sem, noun_class={**sem.noun_class, **added}, source="curated+wordnet")

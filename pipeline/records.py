@@ -52,8 +52,18 @@ class Edit(NamedTuple):
     #: True when the edit only exchanges the arguments of a symmetric relation or a coordination
     #: ("a cat and a dog" -> "a dog and a cat"): the meaning is unchanged and a filter drops it
     symmetric_link: bool = False
-    #: lower sorts first when more than k candidates compete (0 = most plausible)
+    #: lower sorts first when more than k candidates compete and no plausibility score ranks them
     priority: int = 0
+    #: why the rule refuses this edit (``class_mismatch``, ``same_kind``, ``agreement``...): counted
+    #: by the filters, never realised; empty for a real candidate
+    reject: str = ""
+    #: a swap between nouns of incompatible semantic classes ("a man" / "a skateboard"): kept only
+    #: when its plausibility clears the cross-class floor, else counted as ``class_mismatch``
+    cross_class: bool = False
+    #: the dependency pairs (relation, head lemma, dependent lemma) the edit removes and creates,
+    #: which its plausibility score compares (``pipeline.rules.plausibility``)
+    pairs_old: tuple[tuple[str, str, str], ...] = ()
+    pairs_new: tuple[tuple[str, str, str], ...] = ()
 
 
 class Candidate(NamedTuple):
@@ -69,6 +79,9 @@ class Candidate(NamedTuple):
     items: tuple[str, str] = ("", "")
     symmetric_link: bool = False
     priority: int = 0
+    #: plausibility in bits (mean log2 probability of the created dependency pairs minus that of the
+    #: removed ones); None when the run scores nothing
+    plausibility: float | None = None
 
 
 @dataclass

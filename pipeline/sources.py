@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -37,6 +38,7 @@ from typing import Any
 
 from pipeline.config import SourceConfig
 from pipeline.core.errors import ConfigError, SourceError
+from pipeline.core.jsonstream import JsonArray, lazy_json
 from pipeline.records import CaptionRecord, Skip
 
 log = logging.getLogger(__name__)
@@ -61,26 +63,32 @@ _SPLIT_TOKENS = {
 _HF_DISK_MARKERS = ("dataset_dict.json", "state.json")
 
 Item = CaptionRecord | Skip
+#: what a JSON array is read as: a list, or a JsonArray when the document is streamed
+_ARRAYS = (list, JsonArray)
 
 
 # --------------------------------------------------------------------------------------------
 # public API
 
 
-def iter_source(cfg: SourceConfig) -> Iterator[Item]:
+def iter_source(cfg: SourceConfig, *, stream_json: bool = False, unique_ids: bool = True) -> Iterator[Item]:
     """Yield one CaptionRecord or Skip per caption row of the source.
 
     Path and format problems raise at call time; content problems raise while iterating.
+    ``stream_json`` reads COCO and Karpathy JSON documents element by element instead of loading
+    them whole (:mod:`pipeline.core.jsonstream`; the same items, in bounded memory).
+    ``unique_ids=False`` leaves the duplicate-id check, which holds every id, to the caller.
     """
     if cfg.limit is not None and cfg.limit < 0:
         raise ConfigError(f"source.limit must be >= 0, got {cfg.limit}")
     fmt = _resolve_format(cfg)
     name = source_name(cfg)
     log.info("reading %s as %s (source name %r)", cfg.path, fmt, name)
+    load: Callable[[str], Any] = lazy_json if stream_json else _load_json
     readers: dict[str, Callable[[SourceConfig, str], Iterator[Item]]] = {
-        "coco": _read_coco,
-        "karpathy": _read_karpathy,
-        "json": _read_json_any,
+        "coco": functools.partial(_read_coco, load=load),
+        "karpathy": functools.partial(_read_karpathy, load=load),
+        "json": functools.partial(_read_json_any, load=load),
         "csv": _read_delimited,
         "tsv": _read_delimited,
         "jsonl": _read_jsonl,
@@ -92,7 +100,7 @@ def iter_source(cfg: SourceConfig) -> Iterator[Item]:
     items: Iterator[Item] = readers[fmt](cfg, name)
     if cfg.limit is not None:
         items = itertools.islice(items, cfg.limit)
-    return _check_unique_ids(items)
+    return _check_unique_ids(items) if unique_ids else items
 
 
 def detect_format(path: str) -> str:
@@ -415,8 +423,8 @@ def _not_object(path: str, where: str, value: Any) -> SourceError:
 # JSON: COCO and Karpathy
 
 
-def _read_json_any(cfg: SourceConfig, name: str) -> Iterator[Item]:
-    doc = _load_json(cfg.path)
+def _read_json_any(cfg: SourceConfig, name: str, load: Callable[[str], Any]) -> Iterator[Item]:
+    doc = load(cfg.path)
     if isinstance(doc, dict) and "annotations" in doc:
         log.info("%s: COCO captions layout", cfg.path)
         yield from _coco_items(cfg, name, doc)
@@ -425,18 +433,18 @@ def _read_json_any(cfg: SourceConfig, name: str) -> Iterator[Item]:
         yield from _karpathy_items(cfg, name, doc)
 
 
-def _read_coco(cfg: SourceConfig, name: str) -> Iterator[Item]:
-    yield from _coco_items(cfg, name, _load_json(cfg.path))
+def _read_coco(cfg: SourceConfig, name: str, load: Callable[[str], Any]) -> Iterator[Item]:
+    yield from _coco_items(cfg, name, load(cfg.path))
 
 
-def _read_karpathy(cfg: SourceConfig, name: str) -> Iterator[Item]:
-    yield from _karpathy_items(cfg, name, _load_json(cfg.path))
+def _read_karpathy(cfg: SourceConfig, name: str, load: Callable[[str], Any]) -> Iterator[Item]:
+    yield from _karpathy_items(cfg, name, load(cfg.path))
 
 
 def _coco_items(cfg: SourceConfig, name: str, doc: Any) -> Iterator[Item]:
     path = cfg.path
-    if not isinstance(doc, dict) or not isinstance(doc.get("images"), list) or not isinstance(
-        doc.get("annotations"), list
+    if not isinstance(doc, dict) or not isinstance(doc.get("images"), _ARRAYS) or not isinstance(
+        doc.get("annotations"), _ARRAYS
     ):
         found = sorted(doc) if isinstance(doc, dict) else type(doc).__name__
         raise SourceError(
@@ -498,10 +506,10 @@ def _stem_counter() -> Callable[[str], Callable[[], int]]:
 def _karpathy_items(cfg: SourceConfig, name: str, doc: Any) -> Iterator[Item]:
     path = cfg.path
     counter = _stem_counter()
-    if isinstance(doc, dict) and isinstance(doc.get("images"), list):
+    if isinstance(doc, dict) and isinstance(doc.get("images"), _ARRAYS):
         yield from _karpathy_original(cfg, name, doc["images"], counter)
         return
-    if not isinstance(doc, list):
+    if not isinstance(doc, _ARRAYS):
         found = sorted(doc) if isinstance(doc, dict) else type(doc).__name__
         raise SourceError(
             f"{path}: not a Karpathy caption file: expected a list of {{image, caption}} objects "

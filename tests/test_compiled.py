@@ -108,8 +108,8 @@ cfg = GenerateConfig(name="parity", source=SourceConfig(path=sys.argv[1], split=
 cfg.families = ["relation_swap", "attribute_swap", "object_swap",
                 "relation_replace", "attribute_replace", "object_replace"]
 m = generate(cfg)
-print(json.dumps({"status": status(), "families": m["families"],
-                  "shards": {s["path"]: sha256_file(out / "o" / s["path"]) for s in m["shards"]}}))
+print(json.dumps({"status": status(), "families": m.to_dict()["families"],
+                  "shards": {s.path: sha256_file(out / "o" / s.path) for s in m.shards}}))
 """
 
 

@@ -24,16 +24,20 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 FAMILIES = ["relation_swap", "attribute_swap", "object_swap"]
 N_TRAIN, N_TEST, STEPS, EVERY = 40, 12, 6, 3
+ALPHAS = [0.0, 0.5, 1.0]
+STAGES = {"prepare", "negatives", "pretrain", "train_baseline", "train_ceclip", "evaluate", "wiseft", "report"}
 
 
 
 def _miniature_params() -> dict:
     """The project's params.yaml with a tiny world and 6-step runs (same keys, so they are checked)."""
     p = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
-    p["synth"].update(n_train=N_TRAIN, n_test=N_TEST, collision_batch_size=16)
+    p["synth"].update(n_train=N_TRAIN, n_test=N_TEST, collision_batch_size=16, recognition_per_class=2)
     p["negatives"].update(workers=1)
-    p["train"]["data"].update(batch_size=16, workers=0)
-    p["train"]["optim"].update(max_steps=STEPS, warmup_steps=2)
+    for run in ("pretrain", "train"):
+        p[run]["data"].update(batch_size=16, workers=0)
+        p[run]["optim"].update(max_steps=STEPS, warmup_steps=2)
+    p["wiseft"].update(alphas=ALPHAS)
     p["curves"].update(every=EVERY)
     p["report"].update(examples=1)
     return p
@@ -62,7 +66,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for d in ("pipeline", "trainer"):
         shutil.copytree(ROOT / d, repo / d, ignore=ignore)
-    for f in ("dvc.yaml", ".dvcignore"):
+    shutil.copytree(ROOT / "docs", repo / "docs", ignore=ignore)  # the report stage renders README/docs blocks
+    for f in ("dvc.yaml", ".dvcignore", "README.md"):
         shutil.copy(ROOT / f, repo / f)
     (repo / ".dvc").mkdir()
     for f in ("config", ".gitignore"):
@@ -83,10 +88,10 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 @pytest.mark.slow
 def test_every_stage_ran_once(repo: tuple[Path, str]) -> None:
     path, out = repo
-    for stage in ("prepare", "negatives", "train_baseline", "train_ceclip", "evaluate", "report"):
+    for stage in STAGES:
         assert f"Running stage '{stage}'" in out, out
     lock = yaml.safe_load((path / "dvc.lock").read_text(encoding="utf-8"))
-    assert set(lock["stages"]) == {"prepare", "negatives", "train_baseline", "train_ceclip", "evaluate", "report"}
+    assert set(lock["stages"]) == STAGES
 
 
 @pytest.mark.slow
@@ -160,6 +165,31 @@ def test_compare_metrics(repo: tuple[Path, str]) -> None:
 
 
 @pytest.mark.slow
+def test_recognition_and_the_wiseft_tradeoff(repo: tuple[Path, str]) -> None:
+    path, _ = repo
+    world = json.loads((path / "data/world/world.json").read_text(encoding="utf-8"))
+    assert world["recognition"]["colour"]["images"] == 2 * 8 and world["recognition"]["shape"]["classes"] == 8
+    doc = json.loads((path / "metrics/tradeoff.json").read_text(encoding="utf-8"))
+    evals = {r: json.loads((path / f"metrics/eval_{r}.json").read_text()) for r in ("pretrain", "baseline", "ceclip")}
+    for r in ("pretrain", "baseline", "ceclip"):
+        zs = evals[r]["zeroshot"]
+        assert set(zs) == {"colour", "shape"} and zs["colour"]["images"] == 16 and zs["shape"]["classes"] == 8
+    assert doc["before"]["zeroshot"] == {k: v["top1"] for k, v in evals["pretrain"]["zeroshot"].items()}
+    for run in ("baseline", "ceclip"):
+        points = doc["wiseft"][run]
+        assert [p["alpha"] for p in points] == ALPHAS
+        # alpha 0 is the pretrained model and alpha 1 the fine-tune, bit for bit: the same scores
+        assert {k: points[0][k] for k in ("compositional", "zeroshot")} == \
+            {k: doc["before"][k] for k in ("compositional", "zeroshot")}
+        assert {k: points[-1][k] for k in ("compositional", "zeroshot")} == \
+            {k: doc["runs"][run][k] for k in ("compositional", "zeroshot")}
+        assert (path / f"runs/wiseft_{run}/alpha_0.50/open_clip_pytorch_model.bin").is_file()
+    md = (path / "reports/compare/report.md").read_text(encoding="utf-8")
+    assert "## Compositionality against recognition" in md and "| before |" in md
+    assert (path / "reports/compare/tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
 def test_reports(repo: tuple[Path, str]) -> None:
     path, _ = repo
     stage1 = json.loads((path / "reports/negatives/report.json").read_text(encoding="utf-8"))
@@ -176,7 +206,7 @@ def test_dvc_metrics_and_plots_read_the_outputs(repo: tuple[Path, str]) -> None:
     path, _ = repo
     shown = json.loads(_dvc(path, "metrics", "show", "--json").stdout)
     files = next(iter(shown.values()))["data"]  # the workspace
-    assert list(files) == ["metrics/compare.json"]
+    assert sorted(files) == ["metrics/compare.json", "metrics/tradeoff.json"]
     assert files["metrics/compare.json"]["data"] == json.loads((path / "metrics/compare.json").read_text())
     table = _dvc(path, "metrics", "show").stdout
     assert "gain.relation_swap" in table and "ceclip.attribute_swap" in table
@@ -209,9 +239,8 @@ def test_a_ceclip_loss_weight_reruns_only_what_reads_it(repo: tuple[Path, str]) 
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     before = (path / "runs/baseline/final/open_clip_pytorch_model.bin").read_bytes()
     out = _dvc(path, "repro").stdout
-    ran = {s for s in ("prepare", "negatives", "train_baseline", "train_ceclip", "evaluate", "report")
-           if f"Running stage '{s}'" in out}
-    assert ran == {"train_ceclip", "evaluate", "report"}, out
+    ran = {s for s in STAGES if f"Running stage '{s}'" in out}
+    assert ran == {"train_ceclip", "evaluate", "wiseft", "report"}, out
     assert (path / "runs/baseline/final/open_clip_pytorch_model.bin").read_bytes() == before
     cfg = json.loads((path / "runs/ceclip/train_config.json").read_text(encoding="utf-8"))
     assert cfg["loss"]["w_cmr"] == 0.5

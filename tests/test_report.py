@@ -22,6 +22,7 @@ from pipeline.core.atomic import write_json_atomic, write_table_atomic
 from pipeline.core.errors import ConfigError
 from pipeline.records import Candidate, CaptionRecord
 from pipeline.report.blind import BlindCheck, BlindConfig, NgramScorer, blind_check, tokenize, wilson_interval
+from pipeline.report.learned import NOT_ENOUGH, LearnedCheck, LearnedConfig
 from pipeline.report.report import PLOTS, REPORT_JSON, REPORT_MD, ReportConfig, build_report
 from pipeline.rules.builder import to_row
 
@@ -206,7 +207,7 @@ def make_dataset(root: Path, with_manifest: bool = True) -> Path:
             skipped={"empty": 2, "too_long": 1}, skip_examples=["empty: row 7", "empty: row 9", "too_long: row 12"],
             source="coco_tiny", timings={"generate_seconds": 0.1}, spacy={}, rules_compiled=False,
         )
-        write_json_atomic(manifest, out / "manifest.json")
+        write_json_atomic(manifest.to_dict(), out / "manifest.json")
     return out
 
 
@@ -265,6 +266,11 @@ def test_report_json_counts_equal_the_dataset(tmp_path: Path):
     scored = [(img, negs) for img, _, negs in TINY if not check.is_training_group(img)]
     for fam in FAMILIES:
         assert bc[fam]["pairs"] == sum(1 for _, negs in scored if negs.get(fam))
+    # four captions are far too few for the learned detector: it says so rather than give a figure
+    lc = report["learned_check"]
+    assert list(lc)[:3] == FAMILIES and lc["min_pairs"] == 100
+    assert all(lc[f]["skipped"] == NOT_ENOUGH and "accuracy" not in lc[f] for f in FAMILIES)
+    assert [lc[f]["available"] for f in FAMILIES] == [3, 1, 2]
 
 
 def test_report_md_tables_and_plots(tmp_path: Path):
@@ -279,6 +285,10 @@ def test_report_md_tables_and_plots(tmp_path: Path):
     assert "| empty | 2 |" in md
     assert "| A cat sitting in front of a television. | A cat sitting behind a television. |" in md
     assert "## Blind check" in md
+    assert "## Learned text-only detector" in md
+    check = LearnedCheck(FAMILIES, LearnedConfig())
+    held = sum(1 for img, _, negs in TINY if negs.get("relation_swap") and check.is_heldout_group(img))
+    assert f"| relation_swap | {3 - held} | {held} | not enough pairs |" in md
     for name in PLOTS.values():
         assert f"]({name})" in md
         w, h = _png_size(ds / name)
@@ -286,18 +296,71 @@ def test_report_md_tables_and_plots(tmp_path: Path):
     assert not list(ds.glob(".*.tmp"))
 
 
-def test_report_without_manifest_and_publish_card_shows_the_blind_check(tmp_path: Path):
-    from pipeline.publish.publish import _report_lines
-
+def test_report_without_manifest(tmp_path: Path):
     ds = make_dataset(tmp_path, with_manifest=False)
     report = build_report(ds, tmp_path / "rep", ReportConfig())
     assert "skipped" not in report and "rejected" not in report["families"]["relation_swap"]
     assert list(report["families"]) == FAMILIES  # the columns that hold negatives
+    assert report["dataset"]["name"] == "tiny" and "skipped_total" not in report["dataset"]
     assert "no manifest" in (tmp_path / "rep" / REPORT_MD).read_text()
-    card = "\n".join(_report_lines(report))
-    assert "**Blind check**" in card
-    assert any(line.startswith("| relation_swap | ") for line in card.splitlines())
-    assert "- model: nltk.lm Witten-Bell interpolated 3-gram" in card
+
+
+def test_words_are_counted_as_str_split_does(tmp_path: Path):
+    # tabs, runs of spaces, a no-break space, an ideographic space and \x1c all separate words in Python
+    captions = ["A  man\triding a horse.", " A\u00a0cat\u3000on a mat ", "one\x1ctwo"]
+    negatives = ["A horse riding a man .", "A mat on a cat", "two one three"]
+    rows = [to_row(CaptionRecord(id=f"c{i}", caption=c, image_path=f"img{i}.jpg", source="t", split="test", group=f"img{i}"),
+                   {"relation_swap": [Candidate(n, "relation_swap", "r", (), ())]})
+            for i, (c, n) in enumerate(zip(captions, negatives))]
+    write_table_atomic(rows_to_table(rows, arrow_schema({})), tmp_path / "ds/test/part-00000-of-00001.parquet", row_group_size=2)
+    report = build_report(tmp_path / "ds", tmp_path / "rep", ReportConfig(learned=LearnedConfig(enabled=False)))
+    assert report["dataset"]["mean_caption_words"] == round(sum(len(c.split()) for c in captions) / 3, 3) == 4.0
+    deltas = [len(n.split()) - len(c.split()) for c, n in zip(captions, negatives)]
+    assert deltas == [1, 0, 1]
+    assert report["families"]["relation_swap"]["length_change"] == {"mean": 0.6667, "min": 0, "max": 1, "unchanged_share": 0.3333}
+
+
+def shapes_dataset(root: Path, n: int) -> Path:
+    """``n`` captions, five per image; relation_swap negatives carry a word no positive has, object_swap
+    negatives exchange the two colours (no tell: a positive and its negative are equally likely)."""
+    rng = random.Random(0)
+    colours, shapes = ["red", "blue", "green", "yellow", "black", "white"], ["dog", "cat", "ball", "car", "cup", "bike"]
+    rows = []
+    for i in range(n):
+        c1, c2 = rng.sample(colours, 2)
+        s1, s2 = rng.choice(shapes), rng.choice(shapes)
+        pos = f"A {c1} {s1} next to a {c2} {s2}."
+        rec = CaptionRecord(id=f"c{i:05d}", caption=pos, image_path=f"img{i // 5}.jpg", source="t", split="train",
+                            group=f"img{i // 5}")
+        rows.append(to_row(rec, {
+            "relation_swap": [Candidate(f"A {c1} {s1} zorbing a {c2} {s2}.", "relation_swap", "r", (), ())],
+            "object_swap": [Candidate(f"A {c2} {s1} next to a {c1} {s2}.", "object_swap", "r", (), ())],
+        }))
+    table = rows_to_table(rows, arrow_schema({}))
+    write_table_atomic(table, root / "train/part-00000-of-00001.parquet", row_group_size=500)
+    return root
+
+
+def test_learned_detector_in_report_json_md_and_plot(tmp_path: Path):
+    ds = shapes_dataset(tmp_path / "ds", 1500)
+    report = build_report(ds, tmp_path / "rep", ReportConfig(examples=1))
+    lc = report["learned_check"]
+    assert list(lc)[:2] == ["relation_swap", "object_swap"]  # the families that hold negatives
+    assert lc["relation_swap"]["accuracy"] >= 0.99 and lc["relation_swap"]["ci95_low"] > 0.97
+    assert lc["object_swap"]["ci95_low"] < 0.5 < lc["object_swap"]["ci95_high"]
+    assert lc["relation_swap"]["train_pairs"] + lc["relation_swap"]["heldout_pairs"] == 1500
+    md = (tmp_path / "rep" / REPORT_MD).read_text()
+    train, heldout = f"{lc['relation_swap']['train_pairs']:,}", f"{lc['relation_swap']['heldout_pairs']:,}"
+    assert f"| relation_swap | {train} | {heldout} | 100.0% [" in md
+    assert "`zorbing`" in md  # the tell is named
+    w, h = _png_size(tmp_path / "rep" / PLOTS["blind_check"])
+    assert w >= 400 and h >= 100
+
+    # switched off, the report is the one without the detector, to the byte
+    build_report(ds, tmp_path / "off", ReportConfig(examples=1, learned=LearnedConfig(enabled=False)))
+    off = json.loads((tmp_path / "off" / REPORT_JSON).read_text())
+    assert "learned_check" not in off and off == {k: v for k, v in report.items() if k != "learned_check"}
+    assert "Learned" not in (tmp_path / "off" / REPORT_MD).read_text()
 
 
 def test_cli_maps_flags_onto_the_config(tmp_path: Path):
@@ -311,4 +374,37 @@ def test_cli_maps_flags_onto_the_config(tmp_path: Path):
     assert (bc["max_pairs_per_family"], bc["order"]) == (1, 2)
     assert all(bc[f]["pairs"] <= 1 for f in FAMILIES)
     assert main(["-q", "report", str(ds), "--heldout-fraction", "1.5"]) == 2
+    assert main(["-q", "report", str(ds), "--out", str(out), "--set", "learned.min_pairs=1",
+                 "--set", "learned.ngram_range=[1,3]"]) == 0
+    lc = json.loads((out / REPORT_JSON).read_text())["learned_check"]
+    assert (lc["min_pairs"], lc["ngram_range"]) == (1, "1-3")
+    assert main(["-q", "report", str(ds), "--out", str(out), "--no-learned"]) == 0
+    assert "learned_check" not in json.loads((out / REPORT_JSON).read_text())
+    assert main(["-q", "report", str(ds), "--set", "learned.nope=1"]) == 2
     assert main(["-q", "report", str(tmp_path / "missing")]) == 1
+
+
+def test_tally_counts_null_lists_as_none_and_falls_back_to_the_id_for_the_group():
+    import pyarrow as pa
+
+    from pipeline.contract.schema import CAPTION, FAMILY_COLUMNS, GROUP, ID
+    from pipeline.report.tally import DatasetTally
+
+    cols = [ID, CAPTION, GROUP, *FAMILY_COLUMNS]
+    schema = arrow_schema({})
+    rows = [
+        {"id": "a", "caption": "A cat on a mat.", "group": "img1", "relation_swap": ["A mat on a cat."], "object_swap": []},
+        {"id": "b", "caption": "A dog.", "group": "", "relation_swap": None, "object_swap": ["A dog dog.", "Dog."]},
+        {"id": "c", "caption": None, "group": None, "relation_swap": [], "object_swap": None},
+        {"id": "d", "caption": "Two cats.", "group": "img1", "relation_swap": [], "object_swap": []},
+    ]
+    tally = DatasetTally(list(FAMILY_COLUMNS))
+    tally.add("empty", pa.RecordBatch.from_pylist([], schema=schema).select(cols))
+    tally.add("train", pa.RecordBatch.from_pylist(rows, schema=schema).select(cols))
+    assert tally.splits == {"train": 4}
+    assert tally.groups == {"img1", "b", "c"} and tally.words == 5 + 2 + 0 + 2
+    fams = tally.families()
+    assert (fams["relation_swap"].negatives, fams["relation_swap"].covered) == (1, 1)
+    assert fams["relation_swap"].per_caption == {0: 3, 1: 1} and fams["relation_swap"].length_change == {0: 1}
+    assert fams["object_swap"].per_caption == {0: 3, 2: 1} and fams["object_swap"].length_change == {-1: 1, 1: 1}
+    assert fams["attribute_replace"].per_caption == {0: 4} and fams["attribute_replace"].length_change == {}

@@ -4,12 +4,18 @@ A checkpoint holds everything a killed run needs to continue to the same result:
 scheduler and scaler state, the step, the data position (epoch and batch within it), the last CMR
 thresholds, running counters and every RNG state. It is stored with plain types only, so it loads
 with ``torch.load(weights_only=True)``.
+
+A checkpoint file is written under a temporary name, flushed to disk and renamed into place; only
+then does ``latest`` move to it, and only then are older ones pruned. A write that fails (a full disk,
+a lost permission) leaves the previous checkpoint and ``latest`` as they were and stops the run with
+a :class:`CheckpointError` that says so.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import pickle
 import random
 import re
 from pathlib import Path
@@ -19,7 +25,7 @@ import numpy as np
 import torch
 
 from pipeline.core.atomic import atomic_path, write_bytes_atomic
-from pipeline.core.errors import ConfigError
+from pipeline.core.errors import ConfigError, HardnegError, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +33,17 @@ LATEST = "latest"
 _STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
 
 
+class CheckpointError(HardnegError):
+    """A checkpoint could not be written; the message says which and what is left on disk."""
+
+
 def checkpoint_dir(output_dir: str | Path) -> Path:
     return Path(output_dir) / "checkpoints"
+
+
+def step_path(output_dir: str | Path, step: int) -> Path:
+    """Where the checkpoint of ``step`` is written."""
+    return checkpoint_dir(output_dir) / f"step_{step:08d}.pt"
 
 
 def rng_state() -> dict[str, Any]:
@@ -59,17 +74,32 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save(output_dir: str | Path, step: int, state: dict[str, Any], keep: int = 2) -> Path:
-    """Write ``step_<n>.pt`` atomically, point ``latest`` at it, and prune older step files."""
+    """Write ``step_<n>.pt`` atomically, point ``latest`` at it, and prune older step files.
+
+    A failed write raises :class:`CheckpointError`; the earlier checkpoints and ``latest`` are untouched.
+    """
     d = checkpoint_dir(output_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    path = d / f"step_{step:08d}.pt"
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-    write_bytes_atomic((path.name + "\n").encode("utf-8"), d / LATEST)
+    path = step_path(output_dir, step)
+    previous = _readable_latest(d)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+            with open(tmp, "rb") as f:  # on disk before the rename makes it the checkpoint
+                os.fsync(f.fileno())
+        write_bytes_atomic((path.name + "\n").encode("utf-8"), d / LATEST)
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
+        kept = (f"{previous} is intact and `latest` still points at it; a rerun resumes from there"
+                if previous is not None else "no earlier checkpoint exists")
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"cannot write checkpoint {path} ({reason}); {kept}") from e
     steps = sorted((int(m.group(1)), p) for p in d.iterdir() if (m := _STEP_FILE.match(p.name)))
     for _, old in steps[:-keep]:
         if old != path:
-            old.unlink(missing_ok=True)
+            try:
+                old.unlink(missing_ok=True)
+            except OSError as e:  # the new checkpoint is in place; an old one left behind is harmless
+                log.warning("could not delete old checkpoint %s: %s", old, e)
     return path
 
 
@@ -100,6 +130,14 @@ def find_resume(output_dir: str | Path, resume: str) -> Path | None:
     return _latest_in(checkpoint_dir(output_dir))
 
 
+def _readable_latest(d: Path) -> Path | None:
+    """The checkpoint ``latest`` names now, for messages (None when there is none or it cannot be read)."""
+    try:
+        return _latest_in(d) if d.is_dir() else None
+    except OSError:
+        return None
+
+
 def _latest_in(d: Path) -> Path | None:
     pointer = d / LATEST
     if pointer.is_file():
@@ -114,4 +152,11 @@ def _latest_in(d: Path) -> Path | None:
 
 
 def load(path: str | Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SourceError(
+            f"checkpoint {path} cannot be read ({first}); resume from another one with --resume PATH, "
+            "or start over with --resume none"
+        ) from e

@@ -67,10 +67,24 @@ def eval_config_from_args(args: argparse.Namespace) -> EvalConfig:
         "aro_attribution": args.aro_attribution, "aro_image_root": args.aro_image_root,
         "coco_karpathy": args.coco, "coco_image_root": args.coco_image_root, "limit": args.limit,
         "batch_size": args.batch_size, "workers": args.workers, "out": args.out,
+        "zeroshot": _zeroshot_flags(args),
     }
     if args.no_progress:
         flags["progress"] = False
     return config_from_args(EvalConfig, args, flags)
+
+
+def _zeroshot_flags(args: argparse.Namespace) -> list[dict[str, Any]] | None:
+    """``--zeroshot NAME=PATH`` sets, with ``--zeroshot-classnames/--zeroshot-templates NAME=SPEC``."""
+    if not args.zeroshot:
+        return None
+    sets = _pairs(args.zeroshot, "--zeroshot")
+    extra = {"classnames": _pairs(args.zeroshot_classnames or [], "--zeroshot-classnames"),
+             "templates": _pairs(args.zeroshot_templates or [], "--zeroshot-templates")}
+    for key, named in extra.items():
+        if set(named) - set(sets):
+            raise ConfigError(f"--zeroshot-{key} names {sorted(set(named) - set(sets))}, not given with --zeroshot")
+    return [{"name": n, "path": p, **{k: v[n] for k, v in extra.items() if n in v}} for n, p in sets.items()]
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -96,6 +110,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_train_eval(sub)
     _register_curves(sub)
     _register_compare(sub)
+    _register_wiseft(sub)
 
 
 def _register_train_eval(sub: argparse._SubParsersAction) -> None:
@@ -146,6 +161,12 @@ def _register_train_eval(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--aro-image-root", help="ARO/Visual Genome image folder")
     g.add_argument("--coco", help="COCO Karpathy-split JSON")
     g.add_argument("--coco-image-root", help="COCO image folder (holding val2014/)")
+    g.add_argument("--zeroshot", action="append", metavar="NAME=PATH",
+                   help="zero-shot classification set: ImageFolder dir or image,label CSV (repeatable)")
+    g.add_argument("--zeroshot-classnames", action="append", metavar="NAME=FILE",
+                   help="class names of a zero-shot set: a file (one per line) or 'imagenet'")
+    g.add_argument("--zeroshot-templates", action="append", metavar="NAME=FILE",
+                   help="prompt templates of a zero-shot set: a file ('{}' = class) or 'openai' / 'simple'")
     g.add_argument("--limit", type=int, help="at most this many items per benchmark")
     g.add_argument("--batch-size", type=int)
     g.add_argument("--workers", type=int)
@@ -257,3 +278,73 @@ def _register_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--world", help="world.json of hardneg synth, to describe the data")
     p.add_argument("--out", "-o", required=True, help="output folder for report.md and the PNGs")
     p.set_defaults(func=_compare_report)
+
+
+# --------------------------------------------------------------------------- wise-ft
+
+
+def _alphas(s: str) -> list[float]:
+    try:
+        return [float(x) for x in _csv(s)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--alpha takes comma-separated numbers in [0, 1], got {s!r}") from None
+
+
+def _wise_ft(args: argparse.Namespace) -> int:
+    from trainer.wiseft import WiseFTConfig, wise_ft
+
+    flags = {**_model_flags(args), "finetuned": args.finetuned, "alphas": args.alpha, "out": args.out}
+    if args.base is not None:
+        flags["model.pretrained"] = "" if args.base.lower() in ("none", "null", "") else args.base
+    cfg = config_from_args(WiseFTConfig, args, flags)
+    eval_cfg = None
+    if args.eval_section:  # read before the sweep is written, so a bad section fails fast
+        if not args.config:
+            raise ConfigError("--eval-section needs --config (the file holding that eval section)")
+        eval_cfg = config_from_args(EvalConfig, args, section=args.eval_section, overrides=[])
+    res = wise_ft(cfg)
+    log.info("wrote %d interpolated models to %s", len(res["models"]), cfg.out)
+    if eval_cfg is not None:
+        from trainer.tradeoff import sweep_eval
+
+        for row in sweep_eval(res, eval_cfg, cfg.out):
+            log.info("alpha %.2f: compositional %s, recognition %s", row["alpha"], row["compositional"], row["recognition"])
+    return 0
+
+
+def _register_wiseft(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "wise-ft",
+        help="weight-space ensembles (WiSE-FT) of a base model and its fine-tune, one per alpha",
+        description="Write (1 - alpha) * base + alpha * fine-tuned for each alpha as open_clip-loadable "
+        "weights (<out>/alpha_0.30/open_clip_pytorch_model.bin) and <out>/wiseft.json; evaluate each "
+        "with hardneg eval --pretrained <file>.",
+    )
+    _model_args(p)
+    p.add_argument("--base", help="base weights: a pretrained tag or weights file (sets model.pretrained)")
+    p.add_argument("--finetuned", help="fine-tuned weights (final/open_clip_pytorch_model.bin or a checkpoint)")
+    p.add_argument("--alpha", type=_alphas, help="comma-separated mixing weights (default 0,0.1,...,1)")
+    p.add_argument("--out", "-o", help="output folder (default: wiseft)")
+    p.add_argument("--eval-section", help="also evaluate every alpha with this eval section of --config "
+                   "(writes <out>/sweep.json and sweep.csv: compositional and recognition accuracy per alpha)")
+    add_config_args(p, "wiseft")
+    p.set_defaults(func=_wise_ft)
+
+    p = sub.add_parser(
+        "tradeoff",
+        help="compositionality against recognition: before/after each fine-tune and WiSE-FT sweeps",
+        description="Join hardneg eval metrics (with zeroshot sets) and wise-ft sweeps into <out>/tradeoff.json; "
+        "hardneg compare-report adds its table and plot when the file sits in the compare folder.",
+    )
+    p.add_argument("--before", metavar="EVAL_JSON", help="eval metrics of the model the fine-tunes start from")
+    p.add_argument("--eval", action="append", required=True, metavar="NAME=EVAL_JSON", help="a fine-tune's eval metrics")
+    p.add_argument("--sweep", action="append", default=[], metavar="NAME=DIR", help="a wise-ft --eval-section folder")
+    p.add_argument("--out", "-o", required=True, help="output folder for tradeoff.json")
+    p.set_defaults(func=_tradeoff)
+
+
+def _tradeoff(args: argparse.Namespace) -> int:
+    from trainer.tradeoff import tradeoff
+
+    tradeoff(args.before, _pairs(args.eval, "--eval"), _pairs(args.sweep, "--sweep"), args.out)
+    return 0

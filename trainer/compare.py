@@ -23,15 +23,18 @@ import csv
 import io
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pipeline.contract.families import ALL_FAMILIES
+from pipeline.core.atomic import write_bytes_atomic
 from pipeline.core.errors import ConfigError, SourceError
 from pipeline.core.plots import new_figure, save_png
+from trainer.tradeoff import PLOT as TRADEOFF_PLOT
+from trainer.tradeoff import TRADEOFF_JSON
+from trainer.tradeoff import markdown as tradeoff_markdown
+from trainer.tradeoff import plot as plot_tradeoff
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +68,8 @@ def _num(v: str | None) -> float | None:
     return None if v in (None, "") else float(v)
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+def _write_text(path: Path, text: str) -> None:
+    write_bytes_atomic(text.encode("utf-8"), path)
 
 
 def _csv_text(fields: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
@@ -149,16 +147,16 @@ def compare(
     if len(names) == 2:  # the usual case: one flat block that dvc metrics show prints as gain.<family>
         doc["gain"] = doc["gain"][names[1]]
     doc["train_seconds"] = {n: r["wall_s"] for n, r in loaded.items()}
-    _atomic_text(out / COMPARE_JSON, json.dumps(doc, indent=2) + "\n")
+    _write_text(out / COMPARE_JSON, json.dumps(doc, indent=2) + "\n")
 
     for n in loaded:
         rows = [{"family": f, "accuracy": doc[n][f]} for f in families]
-        _atomic_text(out / f"accuracy_{n}.csv", _csv_text(["family", "accuracy"], rows))
+        _write_text(out / f"accuracy_{n}.csv", _csv_text(["family", "accuracy"], rows))
 
     curves = merge_curves({n: r["curve"] for n, r in loaded.items()}, families)
     fields = ["step"] + [f"{n}_{f}" for f in families for n in names]
-    _atomic_text(out / CURVES_CSV, _csv_text(fields, curves))
-    _check_curve_end(loaded, families, curves, names)
+    _write_text(out / CURVES_CSV, _csv_text(fields, curves))
+    _check_curve_end(loaded, families, names)
     log.info("compared %s at %s steps: %s", ", ".join(names), doc["steps"], "  ".join(
         f"{f} " + " vs ".join(f"{100 * doc[n][f]:.1f}%" for n in names) for f in families))
     return doc
@@ -183,20 +181,18 @@ def merge_curves(curves: dict[str, list[dict[str, str]]], families: Sequence[str
     return rows
 
 
-def _check_curve_end(loaded: dict[str, Any], families: Sequence[str], curves: list[dict[str, Any]],
-                     names: Sequence[str]) -> None:
-    """The curve's last point scores the final weights on the same pairs: it should match the eval."""
-    if not curves:
-        return
-    last = curves[-1]
+def _check_curve_end(loaded: dict[str, Any], families: Sequence[str], names: Sequence[str]) -> None:
+    """The curve's last point scores the final weights on the same pairs with the same code as the
+    evaluation (trainer.evaluate.PairSet): the two must agree to the curve's six decimals."""
     for n in names:
-        if last["step"] != loaded[n]["steps"]:
+        rows = loaded[n]["curve"]
+        if not rows or int(rows[-1]["step"]) != loaded[n]["steps"]:
             continue
         for f in families:
-            a, b = last.get(f"{n}_{f}"), loaded[n]["families"][f]["accuracy"]
-            if a is not None and abs(a - b) > 0.005:
-                log.warning("%s %s: curve ends at %.4f but the evaluation says %.4f (other pairs or images?)",
-                            n, f, a, b)
+            a, b = _num(rows[-1].get(f)), loaded[n]["families"][f]["accuracy"]
+            if a is not None and b is not None and a != round(b, 6):
+                log.warning("%s %s: the curve ends at %.6f but the evaluation says %.6f; were they scored on "
+                            "other shards, or on another device, precision or batch size?", n, f, a, b)
 
 
 # ------------------------------------------------------------------------------------ report
@@ -368,7 +364,12 @@ def compare_report(
     if with_cmr:
         plot_thresholds(metrics[with_cmr[-1]], fams, with_cmr[-1], out / PLOTS["thresholds"])
     plot_loss(metrics, out / PLOTS["loss"])
-    _atomic_text(out / REPORT_MD, render_markdown(doc, curves, cfgs, world))
+    text = render_markdown(doc, curves, cfgs, world)
+    if (cdir / TRADEOFF_JSON).exists():  # hardneg tradeoff: recognition beside compositionality
+        trade = _read_json(cdir / TRADEOFF_JSON)
+        plot_tradeoff(trade, out / TRADEOFF_PLOT)
+        text = text.rstrip() + "\n\n" + tradeoff_markdown(trade)
+    _write_text(out / REPORT_MD, text)
     written = {k: str(out / v) for k, v in PLOTS.items() if (out / v).exists()}
     written["markdown"] = str(out / REPORT_MD)
     log.info("comparison report written to %s", out / REPORT_MD)

@@ -66,6 +66,9 @@ class DataConfig:
     draft: bool = True
     #: keep captions of one image (one ``group``) out of the same batch, where they are false negatives
     spread_groups: bool = True
+    #: check a dataset folder's shards against its manifest's sha256 before training (rows are always
+    #: checked when the manifest is there); None = yes for local folders, no for remote URLs
+    verify: bool | None = None
 
     def validate(self) -> None:
         if not self.paths:
@@ -135,6 +138,8 @@ class OptimConfig:
     max_steps: int | None = None
     #: clip the global gradient norm; None = no clipping
     grad_clip_norm: float | None = None
+    #: stop after this many steps in a row whose loss or gradients are not finite (each makes no update)
+    max_nonfinite_steps: int = 20
 
     def validate(self) -> None:
         if self.lr <= 0:
@@ -149,6 +154,8 @@ class OptimConfig:
             raise ConfigError(f"optim.max_steps must be >= 1, got {self.max_steps}")
         if self.warmup_steps < 0:
             raise ConfigError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.max_nonfinite_steps < 1:
+            raise ConfigError(f"optim.max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
 
 
 @dataclass
@@ -185,6 +192,21 @@ class TrainConfig:
 
 
 @dataclass
+class ZeroShotSpec:
+    """One zero-shot classification set of ``hardneg eval`` (see trainer/zeroshot.py for the formats)."""
+
+    name: str = ""
+    #: an ImageFolder-style directory or an ``image,label`` CSV
+    path: str = ""
+    #: class-names file, ``imagenet`` (open_clip's), or empty (folder names / labels)
+    classnames: str | None = None
+    #: prompt-templates file (``{}`` = class name), ``openai`` / ``simple`` (open_clip's ImageNet sets), or empty
+    templates: str | None = None
+    #: root for relative image paths of a CSV (default: the CSV's folder)
+    image_root: str | None = None
+
+
+@dataclass
 class EvalConfig:
     """Everything ``hardneg eval`` needs; each benchmark runs only when its input is given."""
 
@@ -193,6 +215,9 @@ class EvalConfig:
     shards: list[str] = field(default_factory=list)
     split: str = "test"
     image_root: str | None = None
+    #: check a dataset folder's shards against its manifest's sha256 first (rows are always checked
+    #: when the manifest is there); None = yes for local folders, no for remote URLs
+    verify: bool | None = None
     #: families scored on the shards; empty = all six
     families: list[str] = field(default_factory=list)
     #: SugarCrepe JSON files (one per category, named after the file stem)
@@ -204,6 +229,8 @@ class EvalConfig:
     #: COCO Karpathy-split JSON (BLIP-style list, or Karpathy's dataset_coco.json: split ``test``)
     coco_karpathy: str | None = None
     coco_image_root: str | None = None
+    #: zero-shot classification sets: top-1/top-5 recognition beside compositionality
+    zeroshot: list[ZeroShotSpec] = field(default_factory=list)
     #: score at most this many items per benchmark (quick checks); None = all
     limit: int | None = None
     batch_size: int = 64
@@ -218,9 +245,13 @@ class EvalConfig:
             raise ConfigError(f"unknown families {unknown}; known: {list(ALL_FAMILIES)}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not (self.shards or self.sugarcrepe or self.aro_relation or self.aro_attribution or self.coco_karpathy):
+        names = [z.name for z in self.zeroshot]
+        if any(not z.name or not z.path for z in self.zeroshot) or len(set(names)) != len(names):
+            raise ConfigError(f"zeroshot: every set needs a unique name and a path, got {names}")
+        if not (self.shards or self.sugarcrepe or self.aro_relation or self.aro_attribution or self.coco_karpathy
+                or self.zeroshot):
             raise ConfigError(
-                "nothing to evaluate: give shards, sugarcrepe, aro_relation, aro_attribution or coco_karpathy"
+                "nothing to evaluate: give shards, sugarcrepe, aro_relation, aro_attribution, coco_karpathy or zeroshot"
             )
 
 

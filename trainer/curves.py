@@ -5,7 +5,9 @@ issue's prototype: plain CLIP flat near 50% on relation swaps for thousands of s
 The trainer's callbacks see only the step's log record, not the model, so the curve reads what the
 trainer already writes: a checkpoint every ``every`` steps. :class:`CheckpointCurve` notices each new
 checkpoint at the next step, loads its weights into a private copy of the model and scores the
-held-out pairs with them; training itself is untouched (no RNG use, no shared tensors).
+held-out pairs with them; training itself is untouched (no RNG use, no shared tensors). The scoring
+is ``hardneg eval``'s own (:class:`trainer.evaluate.PairSet`), so the curve's last point equals the
+evaluation of the final weights on the same shards (both on the CPU in fp32, same batch size).
 
 ``hardneg train-curves`` is ``hardneg train`` plus this callback; ``<output_dir>/curve.csv`` gets one
 row per evaluated step (``step``, one accuracy column per family, ``macro``), ``curve.json`` the same
@@ -16,22 +18,23 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import os
 import re
 import shutil
-import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline.contract.families import ALL_FAMILIES
+from pipeline.core.atomic import write_bytes_atomic, write_json_atomic
 from pipeline.core.config import apply_overrides
-from pipeline.core.errors import ConfigError
+from pipeline.core.errors import ConfigError, SourceError
 from trainer.config import TrainConfig
+from trainer.evaluate import PairSet
+
+__all__ = ["CheckpointCurve", "CurveConfig", "PairSet", "train_with_curves"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,9 @@ class CurveConfig:
     initial: bool = True
     #: keep the run's checkpoints after training; False deletes them (the curve needed them only)
     keep_checkpoints: bool = False
+    #: check the held-out shards against their manifest's sha256 (as ``data.verify``); None = the
+    #: training data's setting when ``shards`` is empty, else yes for local folders
+    verify: bool | None = None
 
     def validate(self) -> None:
         if self.every < 1:
@@ -70,100 +76,6 @@ class CurveConfig:
         unknown = [f for f in self.families if f not in ALL_FAMILIES]
         if unknown:
             raise ConfigError(f"unknown curves.families {unknown}; known: {list(ALL_FAMILIES)}")
-
-
-class PairSet:
-    """Held-out (image, caption, negative) pairs, decoded and tokenised once for repeated scoring."""
-
-    def __init__(self, images: Any, tokens: Any, pairs: Any, families: list[str]) -> None:
-        #: uint8 (N_img, 3, H, W); int64 (N_txt, context); int64 (N_pairs, 4) = image, pos, neg, family
-        self.images, self.tokens, self.pairs, self.families = images, tokens, pairs, families
-
-    @classmethod
-    def from_shards(
-        cls,
-        paths: Sequence[str],
-        split: str | None,
-        families: Sequence[str],
-        spec: Any,
-        tokenizer: Any,
-        image_root: str | None = None,
-        limit: int | None = None,
-    ) -> PairSet:
-        """Every (caption, candidate) pair of the shards, with the validation transform of ``spec``."""
-        import torch
-
-        from trainer.data import ImageSkip, ShardIndex, images_to_tensor, load_image
-        from trainer.evaluate import shard_items
-
-        index = ShardIndex.from_paths(list(paths), split)
-        fams = list(families) or [f for f in ALL_FAMILIES if any(f in sf.columns for sf in index.files)]
-        items = shard_items(index, fams, limit)
-        img_of: dict[tuple[Any, ...], int] = {}
-        arrays = []
-        text_of: dict[str, int] = {}
-        rows: list[tuple[int, int, int, int]] = []
-        skipped = 0
-        for it in items:
-            key = (it.image.get("path"), it.image.get("bytes"))
-            if key not in img_of:
-                try:
-                    arrays.append(load_image(it.image, image_root, spec))
-                except ImageSkip:
-                    img_of[key] = -1
-                else:
-                    img_of[key] = len(arrays) - 1
-            if img_of[key] < 0:
-                skipped += 1
-                continue
-            ids = [text_of.setdefault(t, len(text_of)) for t in (it.positive, it.negative)]
-            rows.append((img_of[key], ids[0], ids[1], fams.index(it.group)))
-        if skipped:
-            log.warning("curve set: %d pairs left out, their image is missing or unreadable", skipped)
-        if not rows:
-            raise ConfigError(f"no held-out pairs of families {fams} in {list(paths)} (split {split!r})")
-        if not families:  # only the families that have pairs, renumbered
-            present = sorted({r[3] for r in rows})
-            renum = {k: i for i, k in enumerate(present)}
-            fams = [fams[k] for k in present]
-            rows = [(a, b, c, renum[k]) for a, b, c, k in rows]
-        tokens = tokenizer(list(text_of))
-        pairs = torch.tensor(rows, dtype=torch.long)
-        log.info("curve set: %d pairs over %d images and %d texts", len(rows), len(arrays), len(text_of))
-        return cls(images_to_tensor(arrays, spec), tokens, pairs, fams)
-
-    def accuracy(self, model: Any, spec: Any, batch_size: int = 256) -> dict[str, Any]:
-        """Per-family share of pairs where the image scores its caption strictly above the negative."""
-        import torch
-
-        from trainer.data import normalize_images
-
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                img = torch.cat([
-                    model.encode_image(normalize_images(self.images[i : i + batch_size], spec), normalize=True)
-                    for i in range(0, len(self.images), batch_size)
-                ]).float()
-                txt = torch.cat([
-                    model.encode_text(self.tokens[i : i + batch_size], normalize=True)
-                    for i in range(0, len(self.tokens), batch_size)
-                ]).float()
-        finally:
-            model.train(was_training)
-        im, pos, neg, fam = self.pairs.unbind(1)
-        correct = (img[im] * txt[pos]).sum(1) > (img[im] * txt[neg]).sum(1)
-        out: dict[str, Any] = {"families": {}}
-        for k, f in enumerate(self.families):
-            sel = fam == k
-            n = int(sel.sum())
-            out["families"][f] = {"accuracy": float(correct[sel].float().mean()) if n else None, "pairs": n}
-        accs = [v["accuracy"] for v in out["families"].values() if v["accuracy"] is not None]
-        out["macro"] = sum(accs) / len(accs) if accs else None
-        out["micro"] = float(correct.float().mean())
-        out["pairs"] = len(correct)
-        return out
 
 
 class CheckpointCurve:
@@ -200,6 +112,7 @@ class CheckpointCurve:
         self.pairs = PairSet.from_shards(
             cfg.shards or train_cfg.data.paths, cfg.split, cfg.families, self.spec, built.tokenizer,
             cfg.image_root if cfg.shards else (cfg.image_root or train_cfg.data.image_root), cfg.limit,
+            verify=cfg.verify if (cfg.shards or cfg.verify is not None) else train_cfg.data.verify,
         )
         self.seconds += time.perf_counter() - t0
 
@@ -247,7 +160,7 @@ class CheckpointCurve:
         t0 = time.perf_counter()
         try:
             state = load(path)
-        except (OSError, RuntimeError) as e:  # pruned or half-visible: the curve loses a point, not the run
+        except (OSError, SourceError) as e:  # pruned since: the curve loses a point, not the run
             log.warning("curve: cannot read checkpoint %s (%s); step %d is not scored", path, e, step)
             return
         self.model.load_state_dict(state["model"])
@@ -273,7 +186,7 @@ class CheckpointCurve:
         w.writeheader()
         for r in self.rows:
             w.writerow({k: ("" if r.get(k) is None else round(r[k], 6) if k != "step" else r[k]) for k in cols})
-        _atomic_text(self.out / CURVE_CSV, buf.getvalue())
+        write_bytes_atomic(buf.getvalue().encode("utf-8"), self.out / CURVE_CSV)
         doc = {
             "every": self.cfg.every,
             "split": self.cfg.split,
@@ -281,16 +194,7 @@ class CheckpointCurve:
             "pairs": {f: v["pairs"] for f, v in last["families"].items()},
             "points": self.rows,
         }
-        _atomic_text(self.out / CURVE_JSON, json.dumps(doc, indent=2, sort_keys=True) + "\n")
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+        write_json_atomic(doc, self.out / CURVE_JSON, sort_keys=True)
 
 
 def train_with_curves(train_cfg: TrainConfig, cfg: CurveConfig) -> dict[str, Any]:
@@ -314,7 +218,7 @@ def train_with_curves(train_cfg: TrainConfig, cfg: CurveConfig) -> dict[str, Any
             shutil.rmtree(out / "checkpoints", ignore_errors=True)
             results["last_checkpoint"] = None
         # the trainer wrote its results before the curve's last point and the clean-up
-        _atomic_text(out / "train_results.json", json.dumps(results, indent=2, sort_keys=True, default=str) + "\n")
+        write_json_atomic(results, out / "train_results.json", sort_keys=True)
     return results
 
 

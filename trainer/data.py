@@ -43,6 +43,7 @@ import torch.utils.data as tud
 from PIL import Image
 
 from pipeline.contract import schema
+from pipeline.contract.shards import check_shard_schema, verify_dataset
 from pipeline.core.errors import ConfigError, SourceError
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,25 @@ def _local_files(p: str, split: str | None) -> list[str]:
     raise ConfigError(f"shard path {p} does not exist")
 
 
+def _reason(e: BaseException) -> str:
+    """A reader's error message on one line (pyarrow's span several and may hold control bytes)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def _is_local_fs(fs: Any) -> bool:
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    return bool({"file", "local"} & set(protocols))
+
+
+def _check_manifest(path: Path, split: str | None, sha256: bool) -> None:
+    """Check the dataset folder ``path`` (or, for a split folder, its parent) against its manifest."""
+    if verify_dataset(path, sha256=sha256):
+        return
+    if split and path.name == split:
+        verify_dataset(path.parent, sha256=sha256)
+
+
 def _remote_files(url: str, split: str | None) -> tuple[Any, list[str]]:
     import fsspec
 
@@ -117,7 +137,16 @@ class ShardIndex:
     filesystems: list[Any] = field(default_factory=list)
 
     @classmethod
-    def from_paths(cls, paths: Sequence[str], split: str | None = None) -> "ShardIndex":
+    def from_paths(cls, paths: Sequence[str], split: str | None = None, verify: bool | None = None) -> "ShardIndex":
+        """The shards under ``paths``, each checked before any row is read.
+
+        Every shard's footer must read and its schema match the contract (:func:`check_shard_schema`).
+        A local dataset folder (or one of its split folders) with its manifest is checked against it
+        (:func:`verify_dataset`): the same shards with the listed rows, and with ``verify`` their
+        sha256. ``verify=None`` means yes for local folders and no for remote URLs; ``verify=True``
+        on a remote URL that is not a local ``file://`` one is a :class:`ConfigError`.
+        Every problem is a :class:`SourceError` that names the file.
+        """
         files: list[ShardFile] = []
         filesystems: list[Any] = []
         seen: set[str] = set()
@@ -126,8 +155,19 @@ class ShardIndex:
                 fs, found = _remote_files(p, split)
                 filesystems.append(fs)
                 fs_id = len(filesystems) - 1
+                if _is_local_fs(fs):
+                    local = Path(p.split("://", 1)[1])
+                    if local.is_dir():
+                        _check_manifest(local, split, verify is not False)
+                elif verify:
+                    raise ConfigError(
+                        f"data.verify: true checks a local dataset folder against its manifest; {p} is remote "
+                        "(its shards are still checked one by one: footer, schema version, columns)"
+                    )
             else:
                 found, fs_id = _local_files(p, split), -1
+                if Path(p).is_dir():
+                    _check_manifest(Path(p), split, verify is not False)
             if not found:
                 raise ConfigError(f"no Parquet shards found under {p} (split {split!r})")
             for f in found:
@@ -138,17 +178,14 @@ class ShardIndex:
                 files.append(ShardFile(f, [], [], fs_id))
         index = cls(files, filesystems)
         for i, sf in enumerate(files):
-            pf = index.open(i)
             try:
-                meta = schema.read_meta(pf.schema_arrow)
-                schema.check_version(meta)
-            except ValueError as e:
-                raise SourceError(f"{sf.path}: {e}") from e
-            missing = [c for c in (schema.ID, schema.IMAGE, schema.CAPTION) if c not in pf.schema_arrow.names]
-            if missing:
-                raise SourceError(f"{sf.path}: shard lacks columns {missing}")
-            sf.columns = list(pf.schema_arrow.names)
-            sf.row_groups = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
+                pf = index.open(i)
+                arrow, meta = pf.schema_arrow, pf.metadata
+            except (OSError, ValueError, pa.ArrowException) as e:  # truncated, empty, not Parquet at all
+                raise SourceError(f"{sf.path}: not a readable Parquet shard ({_reason(e)})") from None
+            check_shard_schema(sf.path, arrow, (schema.ID, schema.IMAGE, schema.CAPTION))
+            sf.columns = list(arrow.names)
+            sf.row_groups = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
         return index
 
     def __getstate__(self) -> dict[str, Any]:
@@ -192,7 +229,10 @@ class ShardIndex:
     def read(self, file: int, group: int, columns: Sequence[str]) -> pa.Table:
         sf = self.files[file]
         cols = [c for c in columns if c in sf.columns]
-        return self.open(file).read_row_group(group, columns=cols)
+        try:
+            return self.open(file).read_row_group(group, columns=cols)
+        except (OSError, ValueError, pa.ArrowException) as e:  # a damaged page behind an intact footer
+            raise SourceError(f"{sf.path}: row group {group} is unreadable ({_reason(e)})") from None
 
     def iter_rows(self, columns: Sequence[str]) -> Iterator[dict[str, Any]]:
         """Every row in file order, as dicts of the requested columns (absent columns are None)."""
@@ -566,6 +606,14 @@ class NegativeStream(tud.IterableDataset):
     # -- iteration --------------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        try:
+            yield from self._batches()
+        except SourceError as e:
+            # from a loader worker an exception would reach the loop wrapped in a worker traceback; an
+            # ``{"error": message}`` batch carries the one line, and the loop stops every rank with it
+            yield {"error": str(e)}
+
+    def _batches(self) -> Iterator[dict[str, Any]]:
         epoch, start = self.position
         info = tud.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)

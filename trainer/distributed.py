@@ -57,9 +57,28 @@ def init_distributed(backend: str | None = None) -> DistInfo:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(info.local_rank)
-    dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size)
+    dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size, store=_attempt_store(info))
     log.info("joined process group: rank %d of %d (%s)", info.rank, info.world_size, backend)
     return info
+
+
+_groups_joined = 0
+
+
+def _attempt_store(info: DistInfo) -> dist.Store | None:
+    """Under ``torchrun``, the rendezvous store seen through a prefix of this restart attempt.
+
+    torchrun keeps its store across the restarts of ``--max-restarts``; without a prefix, the ranks
+    of a restarted job would read the addresses the dead ranks of the attempt before had left there
+    (and fail to connect). None outside torchrun: ``env://`` as usual.
+    """
+    global _groups_joined
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None:
+        return None
+    store, _, _ = next(dist.rendezvous("env://", info.rank, info.world_size))
+    _groups_joined += 1  # a process may train more than once; each process group gets its own keys
+    return dist.PrefixStore(f"hardneg/attempt_{attempt}/group_{_groups_joined}", store)
 
 
 def current_info() -> DistInfo:

@@ -7,7 +7,9 @@ Input formats
 Held-out shards (``shards``)
     Negative shards of stage 1. For every row, family and candidate: is the image's similarity to
     its caption strictly higher than to the candidate? Reported per family (``accuracy``,
-    ``pairs``) and as ``macro`` (mean over families that have pairs).
+    ``pairs``) and as ``macro`` (mean over families that have pairs). :class:`PairSet` does the
+    scoring, for this benchmark and for every point of ``hardneg train-curves``, so the curve's last
+    point equals the evaluation of the final weights (same device, precision and batch size).
 SugarCrepe (``sugarcrepe``: one JSON per category, e.g. ``swap_att.json``)
     ``{"0": {"filename": "000000391895.jpg", "caption": "...", "negative_caption": "..."}, ...}``
     or a list of such objects; ``filename`` resolves against ``sugarcrepe_image_root`` (COCO
@@ -17,6 +19,10 @@ ARO (``aro_relation`` = ``visual_genome_relation.json``, ``aro_attribution`` = `
     "false_caption", ...}`` with ``relation_name`` (relation) or ``attributes`` (a pair, attribution);
     the image is cropped to the box first, as ARO does. Reported: ``accuracy`` (micro) and
     ``macro_accuracy`` (mean over relations / attribute pairs), with per-group numbers.
+Zero-shot classification (``zeroshot``: a list of ``{name, path, classnames, templates}``)
+    An ImageFolder directory or an ``image,label`` CSV (trainer/zeroshot.py); top-1 and top-5
+    accuracy per set with open_clip's zero-shot classifier, so recognition is measured beside
+    compositionality.
 COCO retrieval (``coco_karpathy``)
     The BLIP-style Karpathy test list ``[{"image": "val2014/x.jpg", "caption": [5 strings]}, ...]``
     or Karpathy's ``dataset_coco.json`` (``images[*]`` with ``filepath``, ``filename``, ``split``,
@@ -45,7 +51,7 @@ from pipeline.contract import schema
 from pipeline.contract.families import ALL_FAMILIES
 from pipeline.core.atomic import write_json_atomic
 from pipeline.core.config import to_dict
-from pipeline.core.errors import SourceError
+from pipeline.core.errors import ConfigError, SourceError
 from trainer.config import EvalConfig, eval_config
 from trainer.data import (
     ImageSkip,
@@ -72,6 +78,31 @@ RECALL_KS = (1, 5, 10)
 def pairwise_correct(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
     """Bool per pair: the positive scores strictly above the negative (a tie counts as wrong)."""
     return pos_scores > neg_scores
+
+
+def pair_correct(image_f: torch.Tensor, text_f: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+    """The one pairwise scorer: bool per ``(image, positive, negative)`` row of indices into the
+    feature matrices, whether the image's similarity to its caption is strictly the higher."""
+    im, pos, neg = pairs[:, 0], pairs[:, 1], pairs[:, 2]
+    return pairwise_correct((image_f[im] * text_f[pos]).sum(1), (image_f[im] * text_f[neg]).sum(1))
+
+
+def family_accuracy(correct: torch.Tensor, family: torch.Tensor, families: Sequence[str]) -> dict[str, Any]:
+    """Accuracy and pair count per family (``family`` indexes ``families``), ``macro`` over the
+    families that have pairs, ``micro`` over all pairs; exact ratios of counts."""
+    fams: dict[str, Any] = {}
+    for k, f in enumerate(families):
+        sel = family == k
+        n = int(sel.sum())
+        fams[f] = {"accuracy": int(correct[sel].sum()) / n if n else None, "pairs": n}
+    with_pairs = [v["accuracy"] for v in fams.values() if v["pairs"]]
+    n = len(correct)
+    return {
+        "families": fams,
+        "macro": sum(with_pairs) / len(with_pairs) if with_pairs else None,
+        "micro": int(correct.sum()) / n if n else None,
+        "pairs": n,
+    }
 
 
 def grouped_accuracy(correct: Sequence[bool], groups: Sequence[str]) -> dict[str, Any]:
@@ -249,10 +280,13 @@ class Encoder:
         self.progress = progress
         self.skipped: dict[str, int] = defaultdict(int)
 
+    def amp(self) -> contextlib.AbstractContextManager:
+        """The autocast context of this encoder's precision (a no-op in fp32)."""
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype) if self.dtype else contextlib.nullcontext()
+
     @contextlib.contextmanager
     def _ctx(self) -> Iterator[None]:
-        amp = torch.autocast(device_type=self.device.type, dtype=self.dtype) if self.dtype else contextlib.nullcontext()
-        with torch.no_grad(), amp:
+        with torch.no_grad(), self.amp():
             yield
 
     def texts(self, texts: Sequence[str]) -> torch.Tensor:
@@ -306,20 +340,155 @@ def score_pairs(enc: Encoder, items: list[PairItem], root: str | None, desc: str
     t_index = {t: i for i, t in enumerate(texts)}
     img_f, ok = enc.images(refs, root, desc)
     txt_f = enc.texts(texts)
-    correct, groups = [], []
+    rows, groups = [], []
     skipped = 0
     for it in items:
         i = img_key[(it.image.get("path"), hash(it.image.get("bytes")), it.crop)]
         if not ok[i]:
             skipped += 1
             continue
-        pos = img_f[i] @ txt_f[t_index[it.positive]]
-        neg = img_f[i] @ txt_f[t_index[it.negative]]
-        correct.append(bool(pairwise_correct(pos, neg)))
+        rows.append((i, t_index[it.positive], t_index[it.negative]))
         groups.append(it.group)
+    correct = pair_correct(img_f, txt_f, torch.tensor(rows, dtype=torch.long)).tolist() if rows else []
     out = grouped_accuracy(correct, groups)
     out["skipped_pairs"] = skipped
     return out
+
+
+def zeroshot_scores(enc: Encoder, spec: Any, limit: int | None = None) -> dict[str, Any]:
+    """Top-1/top-5 zero-shot accuracy of one set (``spec``: a ``ZeroShotSpec``)."""
+    from trainer import zeroshot
+
+    zs = zeroshot.load_set(spec.name, spec.path, spec.classnames, spec.templates, spec.image_root)
+    if limit is not None:
+        zs.images, zs.labels = zs.images[:limit], zs.labels[:limit]
+    feats, ok = enc.images([({"path": p}, None) for p in zs.images], None, f"zeroshot:{zs.name}")
+    weights = zeroshot.classifier_weights(enc.model, enc.tokenizer, zs, enc.device, enc.amp())
+    return zeroshot.score(zs, feats, ok, weights)
+
+
+# --------------------------------------------------------------------------------------------
+# held-out shard pairs, scored again and again
+
+
+class PairSet:
+    """Held-out (image, caption, negative) pairs of negative shards, decoded and tokenised once.
+
+    The shard benchmark of ``hardneg eval`` and every point of ``hardneg train-curves`` are this class's
+    :meth:`accuracy`: the same pairs, the same validation transform, the same batches and the same
+    scorer (:func:`pair_correct`), so the two agree exactly when they run on the same device and
+    precision with the same batch size.
+    """
+
+    def __init__(self, images: torch.Tensor, tokens: torch.Tensor, pairs: torch.Tensor, families: list[str],
+                 skipped_images: dict[str, int] | None = None, skipped_pairs: int = 0) -> None:
+        #: uint8 (N_img, 3, H, W); int64 (N_txt, context); int64 (N_pairs, 4) = image, pos, neg, family
+        self.images, self.tokens, self.pairs, self.families = images, tokens, pairs, families
+        #: images that could not be used, by reason, and the pairs left out for them
+        self.skipped_images = dict(skipped_images or {})
+        self.skipped_pairs = skipped_pairs
+
+    @classmethod
+    def from_shards(
+        cls,
+        paths: Sequence[str],
+        split: str | None,
+        families: Sequence[str],
+        spec: ImageSpec,
+        tokenizer: Any,
+        image_root: str | None = None,
+        limit: int | None = None,
+        *,
+        verify: bool | None = None,
+    ) -> PairSet:
+        """The pairs of ``families`` in the shards (empty: every family with pairs there, renumbered);
+        no pair at all is a :class:`ConfigError`."""
+        index = ShardIndex.from_paths(list(paths), split, verify=verify)
+        fams = list(families) or [f for f in ALL_FAMILIES if any(f in sf.columns for sf in index.files)]
+        pairs = cls.from_items(shard_items(index, fams, limit), fams, spec, tokenizer, image_root)
+        if not len(pairs.pairs):
+            raise ConfigError(f"no held-out pairs of families {fams} in {list(paths)} (split {split!r})")
+        if not families:  # only the families that have pairs, renumbered
+            present = sorted(set(pairs.pairs[:, 3].tolist()))
+            renum = torch.full((len(fams),), -1, dtype=torch.long)
+            renum[present] = torch.arange(len(present))
+            pairs.pairs[:, 3] = renum[pairs.pairs[:, 3]]
+            pairs.families = [fams[k] for k in present]
+        return pairs
+
+    @classmethod
+    def from_items(cls, items: Sequence[PairItem], families: Sequence[str], spec: ImageSpec, tokenizer: Any,
+                   image_root: str | None = None, workers: int = 0) -> PairSet:
+        """Decode each distinct image once (validation transform; ``workers`` loader processes) and
+        tokenise each distinct text once; a pair whose image is unusable is left out and counted."""
+        fams = list(families)
+        img_of: dict[tuple[Any, ...], int] = {}
+        refs: list[tuple[dict[str, Any], tuple | None]] = []
+        for it in items:
+            key = (it.image.get("path"), it.image.get("bytes"))
+            if key not in img_of:
+                img_of[key] = len(refs)
+                refs.append((it.image, None))
+        arrays: list[np.ndarray | None] = [None] * len(refs)
+        skipped_images: dict[str, int] = defaultdict(int)
+        loader = tud.DataLoader(_Images(refs, image_root, spec), batch_size=64, num_workers=workers,
+                                collate_fn=_collate)
+        for batch in loader:
+            for i, array, reason in batch:
+                arrays[i] = array
+                if reason is not None:
+                    skipped_images[reason] += 1
+        position, kept = [-1] * len(refs), []
+        for i, a in enumerate(arrays):
+            if a is not None:
+                position[i] = len(kept)
+                kept.append(a)
+        text_of: dict[str, int] = {}
+        rows: list[tuple[int, int, int, int]] = []
+        skipped_pairs = 0
+        for it in items:
+            img = position[img_of[(it.image.get("path"), it.image.get("bytes"))]]
+            if img < 0:
+                skipped_pairs += 1
+                continue
+            ids = [text_of.setdefault(t, len(text_of)) for t in (it.positive, it.negative)]
+            rows.append((img, ids[0], ids[1], fams.index(it.group)))
+        if skipped_pairs:
+            log.warning("held-out pairs: %d left out, their image is missing or unreadable", skipped_pairs)
+        tokens = tokenizer(list(text_of)) if text_of else torch.zeros((0, 0), dtype=torch.long)
+        pairs = torch.tensor(rows, dtype=torch.long).reshape(-1, 4)
+        log.info("held-out pairs: %d over %d images and %d texts", len(rows), len(kept), len(text_of))
+        return cls(images_to_tensor(kept, spec), tokens, pairs, fams, dict(skipped_images), skipped_pairs)
+
+    def accuracy(self, model: Any, spec: ImageSpec, batch_size: int = 256, device: torch.device | None = None,
+                 dtype: torch.dtype | None = None) -> dict[str, Any]:
+        """Per-family share of pairs where the image scores its caption strictly above the negative.
+
+        Features are computed in batches of ``batch_size`` on ``device`` (None: where the inputs are)
+        under autocast to ``dtype`` (None: fp32); the model's train/eval mode is put back afterwards.
+        """
+        if not len(self.pairs):
+            return family_accuracy(torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.long), self.families)
+
+        def on(x: torch.Tensor) -> torch.Tensor:
+            return x if device is None else x.to(device)
+
+        amp = torch.autocast(device_type=device.type, dtype=dtype) if device is not None and dtype else contextlib.nullcontext()
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), amp:
+                img = torch.cat([
+                    model.encode_image(normalize_images(on(self.images[i : i + batch_size]), spec), normalize=True).float().cpu()
+                    for i in range(0, len(self.images), batch_size)
+                ])
+                txt = torch.cat([
+                    model.encode_text(on(self.tokens[i : i + batch_size]), normalize=True).float().cpu()
+                    for i in range(0, len(self.tokens), batch_size)
+                ])
+        finally:
+            model.train(was_training)
+        return family_accuracy(pair_correct(img, txt, self.pairs[:, :3]), self.pairs[:, 3], self.families)
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,6 +500,11 @@ def evaluate(config: EvalConfig | dict[str, Any]) -> dict[str, Any]:
     cfg = config if isinstance(config, EvalConfig) else eval_config(config)
     cfg.validate()
     t0 = time.time()
+    shards = None
+    if cfg.shards:  # read (and checked) before a model is built, so damaged shards stop the run at once
+        families = list(cfg.families) or list(ALL_FAMILIES)
+        index = ShardIndex.from_paths(cfg.shards, cfg.split, verify=cfg.verify)
+        shards = (shard_items(index, families, cfg.limit), families)
     device = resolve_device(cfg.model.device, DistInfo())
     dtype = amp_dtype(cfg.model.precision, device)
     built = build_model(cfg.model, device)
@@ -342,18 +516,13 @@ def evaluate(config: EvalConfig | dict[str, Any]) -> dict[str, Any]:
         "config": to_dict(cfg),
     }
 
-    if cfg.shards:
-        index = ShardIndex.from_paths(cfg.shards, cfg.split)
-        families = list(cfg.families) or list(ALL_FAMILIES)
-        res = score_pairs(enc, shard_items(index, families, cfg.limit), cfg.image_root, "shards")
-        fam = {f: res["groups"].get(f, {"accuracy": None, "pairs": 0}) for f in families}
-        with_pairs = [v["accuracy"] for v in fam.values() if v["pairs"]]
+    if shards is not None:
+        held_out = PairSet.from_items(shards[0], shards[1], spec, built.tokenizer, cfg.image_root, cfg.workers)
+        for reason, n in held_out.skipped_images.items():
+            enc.skipped[reason] += n
         metrics["shards"] = {
-            "families": fam,
-            "macro": sum(with_pairs) / len(with_pairs) if with_pairs else None,
-            "micro": res["accuracy"],
-            "pairs": res["pairs"],
-            "skipped_pairs": res["skipped_pairs"],
+            **held_out.accuracy(built.model, spec, cfg.batch_size, device, dtype),
+            "skipped_pairs": held_out.skipped_pairs,
         }
 
     if cfg.sugarcrepe:
@@ -383,6 +552,9 @@ def evaluate(config: EvalConfig | dict[str, Any]) -> dict[str, Any]:
             rec = {}
         metrics["coco_retrieval"] = {**rec, "images": len(keep_img), "captions": len(keep_txt),
                                      "skipped_images": len(images) - len(keep_img)}
+
+    if cfg.zeroshot:
+        metrics["zeroshot"] = {z.name: zeroshot_scores(enc, z, cfg.limit) for z in cfg.zeroshot}
 
     metrics["skipped_images"] = dict(enc.skipped)
     metrics["wall_s"] = round(time.time() - t0, 3)

@@ -4,6 +4,12 @@ One step: encode the images and, in one text batch, the positives plus only the 
 (invalid ones are never encoded); gather features across ranks with gradients; compute the CE-CLIP
 objective on the global batch; AdamW with warmup + cosine. Mixed precision is autocast on the GPU
 (bf16, or fp16 with a GradScaler); the CPU runs fp32.
+
+A run is a :class:`Trainer` (what it is made of: model, optimizer, data stream) and a
+:class:`TrainState` (what changes from step to step: position, counters, the last checkpoint);
+:func:`resume`, :func:`train_step` and :func:`save_checkpoint` act on the two, and :func:`train`
+strings them together. What the loop guarantees when something fails (damaged shards, a non-finite
+loss, a lost rank, a failed checkpoint write) is written up in docs/training.md.
 """
 
 from __future__ import annotations
@@ -12,14 +18,16 @@ import contextlib
 import logging
 import math
 import time
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 
 from pipeline.core.atomic import write_json_atomic
 from pipeline.core.config import config_hash, to_dict
-from pipeline.core.errors import ConfigError
+from pipeline.core.errors import ConfigError, HardnegError, SourceError
 from trainer import checkpoint as ckpt
 from trainer.config import LossConfig, TrainConfig, train_config
 from trainer.data import ImageSpec, NegativeStream, ShardIndex, make_loader, normalize_images
@@ -33,7 +41,7 @@ from trainer.distributed import (
     init_distributed,
 )
 from trainer.losses import ce_clip_loss
-from trainer.models import build_model, save_weights
+from trainer.models import BuiltModel, build_model, save_weights
 from trainer.runlog import RunLog
 
 log = logging.getLogger(__name__)
@@ -87,7 +95,7 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
 #: settings that do not change what a run computes: a resume may differ in these
 _RUN_ONLY = frozenset(
     {"output_dir", "resume", "progress", "tensorboard", "log_every", "checkpoint_every", "keep_checkpoints",
-     "data.workers"}
+     "data.workers", "data.verify", "optim.max_nonfinite_steps"}
 )
 
 
@@ -178,8 +186,292 @@ def global_losses(
     return out
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if hasattr(model, "module") else model
+# --------------------------------------------------------------------------------------------
+# the run and its state
+
+
+class NonFiniteError(HardnegError):
+    """The loss or the gradients were not finite for ``optim.max_nonfinite_steps`` steps in a row."""
+
+
+@dataclass
+class TrainState:
+    """What changes from step to step; with the module and RNG states, what a checkpoint restores."""
+
+    step: int = 0
+    epoch: int = 0
+    #: batches of this epoch consumed (trained on or skipped), so a resume continues at the next one
+    batch_in_epoch: int = 0
+    samples_seen: int = 0
+    #: images left out, by reason (SKIP_KEYS)
+    skipped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SKIP_KEYS, 0))
+    #: steps that made no update because the loss or a gradient was not finite, and how many in a row
+    skipped_nonfinite: int = 0
+    nonfinite_streak: int = 0
+    #: the last CMR threshold of each family
+    thresholds: dict[str, float | None] = field(default_factory=dict)
+    # of this process only (not in checkpoints): results and the checkpoint written last
+    first_loss: float | None = None
+    losses_tail: list[float] = field(default_factory=list)
+    last_checkpoint: Path | None = None
+
+    def checkpoint_fields(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "samples_seen": self.samples_seen,
+            "thresholds": dict(self.thresholds),
+            "skipped": dict(self.skipped),
+            "skipped_nonfinite": self.skipped_nonfinite,
+        }
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        self.step, self.epoch = int(saved["step"]), int(saved["epoch"])
+        self.batch_in_epoch, self.samples_seen = int(saved["batch_in_epoch"]), int(saved["samples_seen"])
+        self.skipped.update(saved.get("skipped", {}))
+        self.skipped_nonfinite = int(saved.get("skipped_nonfinite", 0))
+        self.thresholds.update(saved.get("thresholds", {}))
+
+
+@dataclass
+class Trainer:
+    """What one run is made of; built once by :func:`setup`, not changed by the steps (but for the
+    modules' own state)."""
+
+    cfg: TrainConfig
+    info: DistInfo
+    out_dir: Path
+    device: torch.device
+    #: the autocast dtype, None for fp32
+    dtype: torch.dtype | None
+    built: BuiltModel
+    spec: ImageSpec
+    families: list[str]
+    use_negs: bool
+    stream: NegativeStream
+    steps_per_epoch: int
+    total_steps: int
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    #: the model the steps run (DDP-wrapped under torchrun; see :func:`wrap_ddp`)
+    ddp_model: torch.nn.Module
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.built.model
+
+
+def setup(cfg: TrainConfig, info: DistInfo) -> Trainer:
+    """Check the data, build model, data stream, optimizer, schedule and scaler (seeded: the same
+    calls in the same order give the same initial weights)."""
+    out_dir = Path(cfg.output_dir)
+    device = resolve_device(cfg.model.device, info)
+    dtype = amp_dtype(cfg.model.precision, device)
+    if device.type == "cpu" and cfg.model.precision != "fp32" and info.is_main:
+        log.info("training on the CPU in fp32 (precision %r applies to GPUs)", cfg.model.precision)
+    # the shards first: a damaged or foreign dataset stops the run before a model is built or downloaded
+    index = ShardIndex.from_paths(cfg.data.paths, cfg.data.split, verify=cfg.data.verify)
+
+    torch.manual_seed(cfg.seed)
+    built = build_model(cfg.model, device)
+    spec = ImageSpec.from_preprocess(built.preprocess)
+    families = list(cfg.data.families)
+    use_negs = cfg.loss.needs_negatives and bool(families)
+    stream = NegativeStream(
+        index,
+        tokenizer=built.tokenizer,
+        spec=spec,
+        batch_size=cfg.data.batch_size,
+        families=families if use_negs else [],
+        image_root=cfg.data.image_root,
+        seed=cfg.seed,
+        rank=info.rank,
+        world_size=info.world_size,
+        shuffle_buffer=cfg.data.shuffle_buffer,
+        augment=cfg.data.augment,
+        crop_scale=cfg.data.crop_scale,
+        draft=cfg.data.draft,
+        spread_groups=cfg.data.spread_groups,
+    )
+    steps_per_epoch = stream.batches_per_epoch()
+    if steps_per_epoch < 1:
+        raise ConfigError(
+            f"{index.num_rows} rows over {info.world_size} rank(s) do not fill one batch of {cfg.data.batch_size}"
+        )
+    total_steps = cfg.optim.epochs * steps_per_epoch
+    if cfg.optim.max_steps is not None:
+        total_steps = min(total_steps, cfg.optim.max_steps)
+
+    optimizer = make_optimizer(built.model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(cfg.optim.warmup_steps, total_steps, cfg.optim.schedule)
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    return Trainer(cfg, info, out_dir, device, dtype, built, spec, families, use_negs, stream, steps_per_epoch,
+                   total_steps, optimizer, scheduler, scaler, ddp_model=built.model)
+
+
+def wrap_ddp(tr: Trainer) -> None:
+    """Under torchrun, run the steps through DistributedDataParallel (after a resume has loaded the weights)."""
+    if tr.info.enabled:
+        tr.ddp_model = torch.nn.parallel.DistributedDataParallel(
+            tr.model, device_ids=[tr.device.index] if tr.device.type == "cuda" else None
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# resume, step, checkpoint
+
+
+def resume(tr: Trainer, state: TrainState) -> Path | None:
+    """Load the checkpoint ``cfg.resume`` names (``auto``: the latest in output_dir) into the run and
+    ``state``; None for a fresh start, which sets an earlier run's checkpoints aside."""
+    cfg, info = tr.cfg, tr.info
+    path = ckpt.find_resume(tr.out_dir, cfg.resume)
+    saved = ckpt.load(path) if path is not None else None
+    _same_start_on_every_rank(tr, int(saved["step"]) if saved is not None else None)
+    if path is None or saved is None:
+        if info.is_main:
+            ckpt.set_aside_stale(tr.out_dir)  # a fresh run must not keep (or later prune into) an old run's files
+        return None
+    changed = _changed_settings(saved.get("config", {}), to_dict(cfg))
+    if changed and cfg.resume == "auto":
+        raise ConfigError(
+            f"{tr.out_dir} holds a checkpoint of a run with other settings ({', '.join(changed)}); "
+            "use another output_dir, --resume none to start over, or --resume PATH to continue from it"
+        )
+    if changed:
+        log.warning("continuing from %s with changed settings: %s", path, ", ".join(changed))
+    tr.model.load_state_dict(saved["model"])
+    tr.optimizer.load_state_dict(saved["optimizer"])
+    tr.scheduler.load_state_dict(saved["scheduler"])
+    tr.scaler.load_state_dict(saved["scaler"])
+    state.restore(saved)
+    state.last_checkpoint = path
+    ckpt.set_rng_state(saved["rng"])
+    if saved.get("data_hash") != _data_hash(cfg):
+        log.warning("resuming %s with other data settings than it was written with; the order differs", path)
+    if int(saved.get("world_size", info.world_size)) != info.world_size:
+        log.warning("resuming with %d ranks a checkpoint written by %s; the data order differs",
+                    info.world_size, saved.get("world_size"))
+    if info.is_main:
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", path, state.step, state.epoch,
+                 state.batch_in_epoch)
+    return path
+
+
+def _same_start_on_every_rank(tr: Trainer, step: int | None) -> None:
+    """Every rank resumes from the same step, or all start fresh (one collective)."""
+    s = float(step) if step is not None else -1.0
+    total, squares = all_reduce_sum([s, s * s], tr.device)
+    if total * total != tr.info.world_size * squares:  # the steps differ (their variance is not zero)
+        raise ConfigError(
+            f"the ranks found different checkpoints to resume from in {tr.out_dir} (rank {tr.info.rank}: "
+            f"{'step ' + str(step) if step is not None else 'none'}); output_dir must be storage that every rank sees"
+        )
+
+
+def next_batch(tr: Trainer, state: TrainState, it: Iterator[dict[str, Any]]) -> dict[str, Any] | None:
+    """The next batch of this epoch, None at its end; every rank learns the same from one collective.
+
+    A batch in which no rank has a usable image comes back with no ``ids`` on some rank: the caller
+    skips the step (all ranks alike). Image skips are counted into ``state``. A shard that cannot be
+    read on any rank stops every rank with a :class:`SourceError`.
+    """
+    batch = next(it, None)
+    error = batch.get("error") if batch is not None else None
+    local = [float(batch is None), float(batch is not None and not error and len(batch["ids"]) == 0)]
+    local += [float(batch["skipped"][k]) for k in SKIP_KEYS] if batch is not None and not error else [0.0] * 3
+    local.append(float(error is not None))
+    flags = all_reduce_sum(local, tr.device)
+    if flags[-1]:
+        raise SourceError(error or "another rank stopped: a shard could not be read (see that rank's log)")
+    if flags[0]:
+        return None
+    state.batch_in_epoch += 1
+    for k, v in zip(SKIP_KEYS, flags[2:5]):
+        state.skipped[k] += int(v)
+    if flags[1]:
+        return {"ids": []}
+    return batch
+
+
+def train_step(tr: Trainer, batch: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """One optimizer step: ``(losses, updated)``.
+
+    The update is made only when the loss and every gradient are finite on every rank (one
+    collective, so all ranks decide alike); otherwise the parameters, the optimizer's moments and its
+    step count stay as they were (in fp16 the GradScaler lowers its scale, as for any overflow). The
+    learning-rate schedule advances either way: a step keeps its place in the schedule.
+    """
+    cfg = tr.cfg
+    img_f, txt_f, negs, mask, scale = encode_batch(tr.ddp_model, batch, tr.spec, tr.device, tr.use_negs, tr.dtype)
+    out = global_losses(img_f, txt_f, negs, mask, scale, cfg.loss)
+    out["scale"] = scale
+    tr.optimizer.zero_grad(set_to_none=True)
+    tr.scaler.scale(out["total"]).backward()
+    tr.scaler.unscale_(tr.optimizer)  # a no-op without fp16; before the check, so it sees true gradients
+    finite = all_finite(out["total"], tr.model.parameters())
+    updated = all_reduce_sum([0.0 if finite else 1.0], tr.device)[0] == 0
+    if updated:
+        if cfg.optim.grad_clip_norm:
+            torch.nn.utils.clip_grad_norm_(tr.model.parameters(), cfg.optim.grad_clip_norm)
+        tr.scaler.step(tr.optimizer)
+    tr.scaler.update()
+    out["lr"] = tr.optimizer.param_groups[0]["lr"]
+    with warnings.catch_warnings():
+        if not updated:  # a first step without an update is meant: the schedule moves on regardless
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+        tr.scheduler.step()
+    if updated:
+        with torch.no_grad():
+            tr.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+    return out, updated
+
+
+def all_finite(loss: torch.Tensor, params: Iterable[torch.nn.Parameter]) -> bool:
+    """Whether the loss and every gradient are finite.
+
+    One sum over all gradients: a NaN or an infinity anywhere makes it non-finite (and a sum that
+    overflows means gradients no step should take). It costs far less than a norm.
+    """
+    grads = [p.grad.detach() for p in params if p.grad is not None]
+    ok = torch.isfinite(loss.detach()).all()
+    if grads:
+        ok = ok & torch.isfinite(torch.stack([g.sum(dtype=torch.float32) for g in grads]).sum())
+    return bool(ok)
+
+
+def snapshot(tr: Trainer, state: TrainState) -> dict[str, Any]:
+    """Everything a resumed run needs to continue to the same result (plain types: loads weights_only)."""
+    return {
+        "version": 1,
+        **state.checkpoint_fields(),
+        "model": tr.model.state_dict(),
+        "optimizer": tr.optimizer.state_dict(),
+        "scheduler": tr.scheduler.state_dict(),
+        "scaler": tr.scaler.state_dict(),
+        "rng": ckpt.rng_state(),
+        "world_size": tr.info.world_size,
+        "data_hash": _data_hash(tr.cfg),
+        "config": to_dict(tr.cfg),
+    }
+
+
+def save_checkpoint(tr: Trainer, state: TrainState) -> None:
+    """Rank 0 writes this step's checkpoint; every rank learns whether that worked (one collective,
+    which is also the barrier) and all stop together with a :class:`ckpt.CheckpointError` if not."""
+    error: ckpt.CheckpointError | None = None
+    if tr.info.is_main:
+        try:
+            ckpt.save(tr.out_dir, state.step, snapshot(tr, state), keep=tr.cfg.keep_checkpoints)
+        except ckpt.CheckpointError as e:
+            error = e
+    if all_reduce_sum([float(error is not None)], tr.device)[0]:
+        raise error or ckpt.CheckpointError(f"rank 0 could not write the checkpoint of step {state.step} (see its log)")
+    state.last_checkpoint = ckpt.step_path(tr.out_dir, state.step)
 
 
 # --------------------------------------------------------------------------------------------
@@ -211,240 +503,165 @@ def _train(cfg: TrainConfig, info: DistInfo, callbacks: Sequence[Callable[[dict[
     from tqdm.auto import tqdm
 
     t_start = time.time()
-    out_dir = Path(cfg.output_dir)
-    device = resolve_device(cfg.model.device, info)
-    dtype = amp_dtype(cfg.model.precision, device)
-    if device.type == "cpu" and cfg.model.precision != "fp32" and info.is_main:
-        log.info("training on the CPU in fp32 (precision %r applies to GPUs)", cfg.model.precision)
+    tr = setup(cfg, info)
+    state = TrainState(thresholds={f: None for f in tr.families})
+    resumed = resume(tr, state)
+    wrap_ddp(tr)
 
-    torch.manual_seed(cfg.seed)
-    built = build_model(cfg.model, device)
-    model = built.model
-    spec = ImageSpec.from_preprocess(built.preprocess)
-    families = list(cfg.data.families)
-    use_negs = cfg.loss.needs_negatives and bool(families)
-
-    index = ShardIndex.from_paths(cfg.data.paths, cfg.data.split)
-    stream = NegativeStream(
-        index,
-        tokenizer=built.tokenizer,
-        spec=spec,
-        batch_size=cfg.data.batch_size,
-        families=families if use_negs else [],
-        image_root=cfg.data.image_root,
-        seed=cfg.seed,
-        rank=info.rank,
-        world_size=info.world_size,
-        shuffle_buffer=cfg.data.shuffle_buffer,
-        augment=cfg.data.augment,
-        crop_scale=cfg.data.crop_scale,
-        draft=cfg.data.draft,
-        spread_groups=cfg.data.spread_groups,
-    )
-    steps_per_epoch = stream.batches_per_epoch()
-    if steps_per_epoch < 1:
-        raise ConfigError(
-            f"{index.num_rows} rows over {info.world_size} rank(s) do not fill one batch of {cfg.data.batch_size}"
-        )
-    total_steps = cfg.optim.epochs * steps_per_epoch
-    if cfg.optim.max_steps is not None:
-        total_steps = min(total_steps, cfg.optim.max_steps)
-
-    optimizer = make_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(cfg.optim.warmup_steps, total_steps, cfg.optim.schedule)
-    )
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-
-    step, epoch, batch_in_epoch, samples_seen = 0, 0, 0, 0
-    skipped = dict.fromkeys(SKIP_KEYS, 0)
-    thresholds: dict[str, float | None] = {f: None for f in families}
-    resume_path = ckpt.find_resume(out_dir, cfg.resume)
-    if resume_path is None and info.is_main:
-        ckpt.set_aside_stale(out_dir)  # a fresh run must not keep (or later prune into) an old run's files
-    if resume_path is not None:
-        state = ckpt.load(resume_path)
-        changed = _changed_settings(state.get("config", {}), to_dict(cfg))
-        if changed and cfg.resume == "auto":
-            raise ConfigError(
-                f"{out_dir} holds a checkpoint of a run with other settings ({', '.join(changed)}); "
-                "use another output_dir, --resume none to start over, or --resume PATH to continue from it"
-            )
-        if changed:
-            log.warning("continuing from %s with changed settings: %s", resume_path, ", ".join(changed))
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        step, epoch, batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
-        samples_seen = int(state["samples_seen"])
-        skipped.update(state.get("skipped", {}))
-        thresholds.update(state.get("thresholds", {}))
-        ckpt.set_rng_state(state["rng"])
-        if state.get("data_hash") != _data_hash(cfg):
-            log.warning("resuming %s with other data settings than it was written with; the order differs", resume_path)
-        if int(state.get("world_size", info.world_size)) != info.world_size:
-            log.warning("resuming with %d ranks a checkpoint written by %s; the data order differs",
-                        info.world_size, state.get("world_size"))
-        if info.is_main:
-            log.info("resumed from %s at step %d (epoch %d, batch %d)", resume_path, step, epoch, batch_in_epoch)
-
-    ddp_model: torch.nn.Module = model
-    if info.enabled:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-
-    fields = ["step", "epoch", "lr", "loss", "contrastive", "imc", "cmr", "logit_scale", "global_batch",
-              "samples_per_s"]
-    fields += [f"theta_{f}" for f in families] + [f"gap_{f}" for f in families] + [f"valid_{f}" for f in families]
-    fields += [f"skipped_{k}" for k in SKIP_KEYS]
-    runlog = RunLog(out_dir, fields, tensorboard=cfg.tensorboard,
-                    resume_step=step if resume_path is not None else None, enabled=info.is_main)
+    runlog = RunLog(tr.out_dir, _log_fields(tr.families), tensorboard=cfg.tensorboard,
+                    resume_step=state.step if resumed is not None else None, enabled=info.is_main)
     if info.is_main:
-        write_json_atomic(to_dict(cfg), out_dir / "train_config.json", sort_keys=True)
-
-    loader = make_loader(stream, cfg.data.workers, pin_memory=device.type == "cuda")
-    bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True,
+        write_json_atomic(to_dict(cfg), tr.out_dir / "train_config.json", sort_keys=True)
+    loader = make_loader(tr.stream, cfg.data.workers, pin_memory=tr.device.type == "cuda")
+    bar = tqdm(total=tr.total_steps, initial=state.step, unit="step", dynamic_ncols=True,
                disable=not (info.is_main and cfg.progress), desc="train")
-    losses_tail: list[float] = []
-    first_loss: float | None = None
-    last_ckpt: Path | None = resume_path
-
-    def snapshot() -> dict[str, Any]:
-        return {
-            "version": 1,
-            "step": step,
-            "epoch": epoch,
-            "batch_in_epoch": batch_in_epoch,
-            "samples_seen": samples_seen,
-            "model": _unwrap(ddp_model).state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "thresholds": dict(thresholds),
-            "skipped": dict(skipped),
-            "rng": ckpt.rng_state(),
-            "world_size": info.world_size,
-            "data_hash": _data_hash(cfg),
-            "config": to_dict(cfg),
-        }
-
-    def save_checkpoint() -> None:
-        nonlocal last_ckpt
-        if info.is_main:
-            last_ckpt = ckpt.save(out_dir, step, snapshot(), keep=cfg.keep_checkpoints)
-        barrier()
-
-    model.train()
-    t_last = time.perf_counter()
+    tr.model.train()
     try:
-        while step < total_steps and epoch < cfg.optim.epochs:
-            stream.set_position(epoch, batch_in_epoch)
-            it = iter(loader)
-            epoch_done = False
-            while step < total_steps:
-                batch = next(it, None)
-                # one collective tells every rank whether any rank ran out or got only bad images
-                local = [float(batch is None), float(batch is not None and len(batch["ids"]) == 0)]
-                local += [float(batch["skipped"][k]) for k in SKIP_KEYS] if batch is not None else [0.0] * 3
-                flags = all_reduce_sum(local, device)
-                if flags[0]:
-                    epoch_done = True
-                    break
-                batch_in_epoch += 1
-                for k, v in zip(SKIP_KEYS, flags[2:]):
-                    skipped[k] += int(v)
-                if flags[1]:
-                    log.warning("a rank's batch %d held no usable image; skipping the step", batch_in_epoch - 1)
-                    continue
-
-                img_f, txt_f, negs, mask, scale = encode_batch(ddp_model, batch, spec, device, use_negs, dtype)
-                out = global_losses(img_f, txt_f, negs, mask, scale, cfg.loss)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(out["total"]).backward()
-                if cfg.optim.grad_clip_norm:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                lr = optimizer.param_groups[0]["lr"]
-                scheduler.step()
-                with torch.no_grad():
-                    _unwrap(ddp_model).logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-                step += 1
-                samples_seen += int(out["global_batch"])
-
-                loss_value = float(out["total"].detach())
-                first_loss = loss_value if first_loss is None else first_loss
-                losses_tail = (losses_tail + [loss_value])[-20:]
-                now = time.perf_counter()
-                record = _record(step, epoch, lr, loss_value, out, scale, families, skipped,
-                                 out["global_batch"] / max(now - t_last, 1e-9))
-                t_last = now
-                if "thresholds" in out:
-                    thresholds.update({f: record[f"theta_{f}"] for f in families})
-                if step % cfg.log_every == 0 or step == total_steps:
-                    runlog.log(record)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_value:.4f}", samples_s=f"{record['samples_per_s']:.1f}", refresh=False)
-                for cb in callbacks:
-                    cb(record)
-                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps:
-                    save_checkpoint()
-            if epoch_done:
-                epoch += 1
-                batch_in_epoch = 0
-                if step < total_steps:
-                    save_checkpoint()
-        save_checkpoint()
+        _run(tr, state, loader, runlog, bar, callbacks)
+        save_checkpoint(tr, state)
     finally:
         bar.close()
         runlog.close()
+        _stop_workers(loader)
+    return _finish(tr, state, t_start)
 
+
+def _stop_workers(loader: Any) -> None:
+    """End the loader's persistent worker processes now, not whenever the garbage collector meets
+    them (from inside the collector their shutdown can stall for seconds)."""
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+        loader._iterator = None
+
+
+def _run(tr: Trainer, state: TrainState, loader: Any, runlog: RunLog, bar: Any,
+         callbacks: Sequence[Callable[[dict[str, Any]], None]]) -> None:
+    """Steps until ``total_steps`` or the last epoch: checkpoints every ``checkpoint_every`` steps and
+    at each epoch's end, but not while a run of non-finite steps lasts (so the latest is a good one)."""
+    cfg = tr.cfg
+    t_last = time.perf_counter()
+    while state.step < tr.total_steps and state.epoch < cfg.optim.epochs:
+        tr.stream.set_position(state.epoch, state.batch_in_epoch)
+        it = iter(loader)
+        epoch_done = False
+        while state.step < tr.total_steps:
+            batch = next_batch(tr, state, it)
+            if batch is None:
+                epoch_done = True
+                break
+            if not batch["ids"]:
+                log.warning("a rank's batch %d held no usable image; skipping the step", state.batch_in_epoch - 1)
+                continue
+            out, updated = train_step(tr, batch)
+            state.step += 1
+            state.samples_seen += int(out["global_batch"])
+            loss_value = float(out["total"].detach())
+            if updated:
+                state.nonfinite_streak = 0
+                state.first_loss = loss_value if state.first_loss is None else state.first_loss
+                state.losses_tail = (state.losses_tail + [loss_value])[-20:]
+            else:
+                state.skipped_nonfinite += 1
+                state.nonfinite_streak += 1
+                if tr.info.is_main:
+                    what = ("a gradient, or the loss on another rank," if math.isfinite(loss_value)
+                            else f"the loss ({loss_value})")
+                    log.warning("step %d: %s is not finite; no update (%d in a row, the run stops at %d)",
+                                state.step, what, state.nonfinite_streak, cfg.optim.max_nonfinite_steps)
+            now = time.perf_counter()
+            record = _record(state, out, tr.families, out["global_batch"] / max(now - t_last, 1e-9))
+            t_last = now
+            if updated and "thresholds" in out:
+                state.thresholds.update({f: record[f"theta_{f}"] for f in tr.families})
+            if state.step % cfg.log_every == 0 or state.step == tr.total_steps or not updated:
+                runlog.log(record)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}", samples_s=f"{record['samples_per_s']:.1f}", refresh=False)
+            for cb in callbacks:
+                cb(record)
+            if state.nonfinite_streak >= cfg.optim.max_nonfinite_steps:
+                raise NonFiniteError(
+                    f"the loss or the gradients were not finite for {state.nonfinite_streak} steps in a row "
+                    f"(steps {state.step - state.nonfinite_streak + 1}-{state.step}), so the run stopped; "
+                    f"{_last_good(state)}. Lower optim.lr, set optim.grad_clip_norm or train in bf16/fp32, "
+                    "then resume"
+                )
+            if (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < tr.total_steps
+                    and state.nonfinite_streak == 0):
+                save_checkpoint(tr, state)
+        if epoch_done:
+            state.epoch += 1
+            state.batch_in_epoch = 0
+            if state.step < tr.total_steps and state.nonfinite_streak == 0:
+                save_checkpoint(tr, state)
+
+
+def _last_good(state: TrainState) -> str:
+    if state.last_checkpoint is None:
+        return "no checkpoint was written before them"
+    return f"the last good checkpoint is {state.last_checkpoint}"
+
+
+def _finish(tr: Trainer, state: TrainState, t_start: float) -> dict[str, Any]:
+    """Results of the run; rank 0 writes the final weights and ``train_results.json``."""
+    info = tr.info
     results: dict[str, Any] = {
-        "steps": step,
-        "total_steps": total_steps,
-        "steps_per_epoch": steps_per_epoch,
-        "epoch": epoch,
-        "samples_seen": samples_seen,
+        "steps": state.step,
+        "total_steps": tr.total_steps,
+        "steps_per_epoch": tr.steps_per_epoch,
+        "epoch": state.epoch,
+        "samples_seen": state.samples_seen,
         "world_size": info.world_size,
-        "first_loss": first_loss,
-        "final_loss": sum(losses_tail) / len(losses_tail) if losses_tail else None,
-        "skipped_images": dict(skipped),
-        "thresholds": dict(thresholds),
-        "last_checkpoint": str(last_ckpt) if last_ckpt else None,
-        "output_dir": str(out_dir),
+        "first_loss": state.first_loss,
+        "final_loss": sum(state.losses_tail) / len(state.losses_tail) if state.losses_tail else None,
+        "skipped_images": dict(state.skipped),
+        "skipped_nonfinite": state.skipped_nonfinite,
+        "thresholds": dict(state.thresholds),
+        "last_checkpoint": str(state.last_checkpoint) if state.last_checkpoint else None,
+        "output_dir": str(tr.out_dir),
         "wall_s": round(time.time() - t_start, 3),
     }
-    if sum(skipped.values()):
-        log.warning("skipped images over the run: %s", skipped)
+    if sum(state.skipped.values()):
+        log.warning("skipped images over the run: %s", state.skipped)
+    if state.skipped_nonfinite and info.is_main:
+        log.warning("%d step(s) made no update: their loss or gradients were not finite", state.skipped_nonfinite)
     if info.is_main:
-        weights = save_weights(_unwrap(ddp_model), out_dir / "final", built.model_cfg, built.preprocess)
+        weights = save_weights(tr.model, tr.out_dir / "final", tr.built.model_cfg, tr.built.preprocess)
         results["final_weights"] = str(weights)
-        results["model_name"] = built.name
-        write_json_atomic(results, out_dir / "train_results.json", sort_keys=True)
-        log.info("trained %d steps; weights in %s", step, weights)
+        results["model_name"] = tr.built.name
+        write_json_atomic(results, tr.out_dir / "train_results.json", sort_keys=True)
+        log.info("trained %d steps; weights in %s", state.step, weights)
     barrier()
     return results
+
+
+def _log_fields(families: Sequence[str]) -> list[str]:
+    fields = ["step", "epoch", "lr", "loss", "contrastive", "imc", "cmr", "logit_scale", "global_batch",
+              "samples_per_s"]
+    fields += [f"theta_{f}" for f in families] + [f"gap_{f}" for f in families] + [f"valid_{f}" for f in families]
+    fields += [f"skipped_{k}" for k in SKIP_KEYS] + ["skipped_nonfinite"]
+    return fields
 
 
 def _data_hash(cfg: TrainConfig) -> str:
     d = to_dict(cfg.data)
     d.pop("workers", None)
+    d.pop("verify", None)  # checking the data does not change it
     return config_hash({"data": d, "seed": cfg.seed})
 
 
-def _record(step, epoch, lr, loss_value, out, scale, families, skipped, sps) -> dict[str, Any]:
+def _record(state: TrainState, out: dict[str, Any], families: Sequence[str], sps: float) -> dict[str, Any]:
+    """A step's log record (one row of metrics.jsonl / metrics.csv)."""
     rec: dict[str, Any] = {
-        "step": step,
-        "epoch": epoch,
-        "lr": lr,
-        "loss": loss_value,
+        "step": state.step,
+        "epoch": state.epoch,
+        "lr": out["lr"],
+        "loss": float(out["total"].detach()),
         "contrastive": float(out["contrastive"]) if "contrastive" in out else None,
         "imc": float(out["imc"]) if "imc" in out else None,
         "cmr": float(out["cmr"]) if "cmr" in out else None,
-        "logit_scale": float(scale.detach()),
+        "logit_scale": float(out["scale"].detach()),
         "global_batch": int(out["global_batch"]),
         "samples_per_s": sps,
     }
@@ -455,8 +672,9 @@ def _record(step, epoch, lr, loss_value, out, scale, families, skipped, sps) -> 
         rec[f"theta_{f}"] = _maybe(theta, i)
         rec[f"gap_{f}"] = _maybe(gaps, i)
         rec[f"valid_{f}"] = int(valid[i]) if valid is not None else None
-    for k, v in skipped.items():
+    for k, v in state.skipped.items():
         rec[f"skipped_{k}"] = v
+    rec["skipped_nonfinite"] = state.skipped_nonfinite
     return rec
 
 

@@ -18,7 +18,8 @@ def generate_config_from_args(args: argparse.Namespace) -> GenerateConfig:
         "source.caption_column": args.caption_column, "source.image_column": args.image_column,
         "source.limit": args.limit, "name": args.name, "out": args.out, "workers": args.workers,
         "k": args.k, "seed": args.seed, "families": args.families, "parse.model": args.model,
-        "manifest_dir": args.manifest_dir,
+        "manifest_dir": args.manifest_dir, "engine": args.engine, "ray.address": args.ray_address,
+        "ray.actors": args.actors,
     }
     return config_from_args(GenerateConfig, args, flags)
 
@@ -30,12 +31,12 @@ def _generate(args: argparse.Namespace) -> int:
     manifest = generate(cfg)
     log.info(
         "wrote %d rows in %d shards to %s; manifest %s/%s.json",
-        manifest["rows"], len(manifest["shards"]), cfg.out, cfg.manifest_dir, cfg.name,
+        manifest.rows, len(manifest.shards), cfg.out, cfg.manifest_dir, cfg.name,
     )
-    for fam, f in manifest["families"].items():
-        log.info("  %-18s %7d negatives, coverage %.1f%%", fam, f["negatives"], 100 * f["coverage"])
-    if manifest["skipped_total"]:
-        log.info("  skipped rows: %s", manifest["skipped"])
+    for fam, f in manifest.families.items():
+        log.info("  %-18s %7d negatives, coverage %.1f%%", fam, f.negatives, 100 * f.coverage)
+    if manifest.skipped_total:
+        log.info("  skipped rows: %s", manifest.skipped)
     return 0
 
 
@@ -80,6 +81,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--families", help="comma-separated family names")
     p.add_argument("--model", help="spaCy pipeline name (parse.model)")
+    p.add_argument("--engine", choices=["local", "ray"], help="local (process pool) or ray (Ray Data; docs/scale.md)")
+    p.add_argument("--ray-address", help="Ray cluster to join (ray.address; default: start a local one)")
+    p.add_argument("--actors", type=int, help="Ray actors of the negatives pass (ray.actors)")
     add_config_args(p, "generate")
     p.set_defaults(func=_generate)
 

@@ -6,7 +6,8 @@ import argparse
 import logging
 
 from pipeline.core.config import add_config_args, config_from_args
-from pipeline.publish.publish import DEFAULT_LICENSE, PublishConfig, publish_dataset
+from pipeline.publish.config import DEFAULT_LICENSE, PublishConfig
+from pipeline.publish.publish import publish_dataset
 
 log = logging.getLogger("hardneg")
 

@@ -15,6 +15,7 @@ def report_config_from_args(args: argparse.Namespace) -> ReportConfig:
     flags = {
         "blind.heldout_fraction": args.heldout_fraction, "blind.order": args.order,
         "blind.seed": args.seed, "blind.max_pairs": args.max_pairs, "examples": args.examples,
+        "learned.enabled": False if args.no_learned else None,
     }
     return config_from_args(ReportConfig, args, flags)
 
@@ -22,16 +23,20 @@ def report_config_from_args(args: argparse.Namespace) -> ReportConfig:
 def _report(args: argparse.Namespace) -> int:
     cfg = report_config_from_args(args)
     report = build_report(args.dataset, args.out, cfg)
-    bc = report["blind_check"]
+    bc, lc = report["blind_check"], report.get("learned_check")
     for f, v in report["families"].items():
         b = bc.get(f, {})
         blind = f"blind check {format_ci(b, '')} of {b['pairs']:,} pairs" if b.get("pairs") else "blind check: no pairs"
+        if lc is not None:
+            d = lc.get(f, {})
+            blind += (f"; learned detector {format_ci(d, '', 'accuracy')} of {d['heldout_pairs']:,} held-out pairs"
+                      if "accuracy" in d else f"; learned detector: {d.get('skipped', 'not run')}")
         log.info("  %-18s coverage %5.1f%%  %s", f, 100 * v["coverage"], blind)
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="quality report of a dataset folder: figures, plots and the blind check")
+    p = sub.add_parser("report", help="quality report of a dataset folder: figures, plots and the two blind checks")
     p.add_argument("dataset", help="dataset folder (<dir>/<split>/*.parquet, manifest.json)")
     p.add_argument("--out", "-o", help="folder for report.json, report.md and the plots (default: the dataset folder)")
     p.add_argument("--heldout-fraction", type=float, help="share of image groups that train the blind-check LM (default 0.2)")
@@ -39,5 +44,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="seed of the held-out split, pair sample and examples (default 0)")
     p.add_argument("--max-pairs", type=int, help="pairs scored per family, a seeded sample (default 5000)")
     p.add_argument("--examples", type=int, help="examples per family in report.md (default 5)")
+    p.add_argument("--no-learned", action="store_true", help="skip the learned text-only detector (learned.enabled=false)")
     add_config_args(p, "report")
     p.set_defaults(func=_report)

@@ -4,6 +4,11 @@ Readers (the trainer, ``inspect``, ``export``, ``publish``) import the names fro
 
 Version history:
 - 1.0: first release.
+- 1.1: ``provenance.plausibility`` (float32, null when the run scores nothing): the candidate's
+  plausibility in bits, the mean smoothed log2 corpus count of the dependency pairs the edit creates
+  minus that of the pairs it removes (``pipeline/rules/plausibility.py``, docs/negative-quality.md).
+  Additive: readers of 1.0 shards see no such field, readers of 1.1 read 1.0 shards with it absent.
+  The kept negatives of a family are stored best first.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import pyarrow as pa
 
 from pipeline.contract.families import ALL_FAMILIES
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 #: key of the hardneg metadata (JSON) in the Parquet file's key-value metadata
 META_KEY = b"hardneg"
@@ -41,6 +46,7 @@ PROVENANCE_TYPE = pa.list_(
             ("text", pa.string()),
             ("token_spans", SPAN_LIST),
             ("char_spans", SPAN_LIST),
+            ("plausibility", pa.float32()),
         ]
     )
 )

@@ -1,7 +1,8 @@
-"""Atomic Parquet shard and JSON writing, checksums, and the listing of a dataset's shards.
+"""The one home of atomic writes (bytes, JSON, Parquet) and file checksums, for both stages.
 
-A shard is written to a temporary name in its final folder and renamed into place, so a killed run
-never leaves half a shard under a name that a reader (or a resuming run) would trust.
+Every file is written to a temporary name in its final folder, fsynced and renamed into place, so a
+killed run never leaves half a file under a name that a reader (or a resuming run) would trust, and
+an error leaves no temporary file behind.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ _UMASK = _current_umask()
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary file beside ``path``, renamed onto ``path`` when the block completes.
 
-    A crash or an exception leaves ``path`` as it was (old content or absent), never half written.
+    A crash or an exception leaves ``path`` as it was (old content or absent), never half written;
+    the temporary file is fsynced before the rename, so a power loss cannot leave an empty file.
     The file gets ordinary permissions (``mkstemp`` alone would make it owner-only).
     """
     path = Path(path)
@@ -50,6 +52,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)
         yield tmp
+        with open(tmp, "rb") as f:  # the bytes reach the disk before the name does
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -60,8 +64,6 @@ def write_table_atomic(table: pa.Table, path: str | Path, row_group_size: int) -
     path = Path(path)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd", row_group_size=row_group_size, write_statistics=True)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
     return {"rows": table.num_rows, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 

@@ -92,6 +92,7 @@ class ShardBuilder:
                 pa.array([c.text for c in prov], pa.string()),
                 self._spans([c.token_spans for c in prov]),
                 self._spans([c.char_spans for c in prov]),
+                pa.array([c.plausibility for c in prov], pa.float32()),
             ],
             fields=list(PROVENANCE_TYPE.value_type),
         )

@@ -89,6 +89,15 @@ def inflect_noun(lemma: str, plural: bool) -> str:
     return pluralize(lemma) if plural else lemma
 
 
+def _base_of_third_person(word: str) -> str:
+    """"rides" -> "ride", "watches" -> "watch", "flies" -> "fly", "goes" -> "go"."""
+    if word.endswith("ies") and len(word) > 4:
+        return word[:-3] + "y"
+    if word.endswith(("sses", "ches", "shes", "xes", "zes", "oes")):
+        return word[:-2]
+    return word[:-1]
+
+
 def agree_verb(word: str, lemma: str, plural: bool) -> str | None:
     """The form of a finite present/past verb that agrees with a subject of the given number.
 
@@ -106,9 +115,10 @@ def agree_verb(word: str, lemma: str, plural: bool) -> str | None:
         return None
     lem = lemma.lower() or low
     if plural:
-        # third-person singular -s form -> base form
+        # third-person singular -s form -> base form, from the word itself (the lemmatiser gives
+        # "rid" for "rides")
         if low != lem and low.endswith("s"):
-            return match_case(word, lem)
+            return match_case(word, _base_of_third_person(low))
         return None
     if low == lem:  # base form -> third person singular
         if lem == "have":

@@ -198,6 +198,9 @@ class SynthConfig:
     relation_phrases: dict[str, list[str]] = field(
         default_factory=lambda: {k: list(v) for k, v in REL_PHRASES.items()}
     )
+    #: recognition sets: single-object images per colour and per shape (ImageFolder layout under
+    #: <out>/recognition/, with prompt templates from the world's own words); 0 = none
+    recognition_per_class: int = 0
 
     def validate(self) -> None:
         if self.image_size < 32:
@@ -247,6 +250,8 @@ class SynthConfig:
             raise ConfigError(f"png_compress_level must lie in 0..9, got {self.png_compress_level}")
         if self.collision_batch_size < 2:
             raise ConfigError(f"collision_batch_size must be >= 2, got {self.collision_batch_size}")
+        if self.recognition_per_class < 0:
+            raise ConfigError(f"recognition_per_class must be >= 0, got {self.recognition_per_class}")
 
     def max_objects(self) -> int:
         return 3 if self.objects_per_image == 3 or self.third_object_prob > 0 else 2
@@ -800,11 +805,57 @@ def generate_world(cfg: SynthConfig, out_dir: str | Path) -> dict[str, Any]:
         write_table_atomic(table, path, row_group_size=2000)
         summary["files"][split] = {"path": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
         summary["splits"][split] = _split_summary(res, cfg, held_set)
+    if cfg.recognition_per_class:
+        summary["recognition"] = write_recognition_sets(cfg, out / RECOGNITION_DIR)
     write_bytes_atomic((json.dumps(summary, indent=2, sort_keys=True) + "\n").encode(), out / "world.json")
     log.info(
         "wrote %s: %d train and %d test images, %d held-out (colour, shape) pairs",
         out, cfg.n_train, cfg.n_test, len(held),
     )
+    return summary
+
+
+RECOGNITION_DIR = "recognition"
+
+
+def recognition_templates(cfg: SynthConfig, task: str) -> list[str]:
+    """Prompts for naming one attribute, in the world's own words: every value of the others fills in.
+
+    ``colour``: "a small {} circle.", ...; ``shape``: "a small red {}.", .... The size leads, so the
+    article never depends on the class name.
+    """
+    if task == "colour":
+        return [f"{article(s)} {s} {{}} {shape}." for s in cfg.sizes for shape in cfg.shapes]
+    return [f"{article(s)} {s} {colour} {{}}." for s in cfg.sizes for colour in cfg.colours]
+
+
+def write_recognition_sets(cfg: SynthConfig, out: Path) -> dict[str, Any]:
+    """Single-object images named by colour and by shape (``<out>/<task>/<class>/<i>.png``).
+
+    Each image is one object of a random (colour, shape) pair, size and position, drawn from a
+    generator seeded apart from the scenes, so adding the sets changes no scene. Held-out pairs
+    appear too: recognition asks for one attribute, never for a binding.
+    """
+    rng = random.Random(f"{cfg.seed}:recognition")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    summary: dict[str, Any] = {}
+    for task, classes in (("colour", cfg.colours), ("shape", cfg.shapes)):
+        for cls in classes:
+            (tmp / task / cls).mkdir(parents=True)
+            for i in range(cfg.recognition_per_class):
+                colour = cls if task == "colour" else rng.choice(cfg.colours)
+                shape = cls if task == "shape" else rng.choice(cfg.shapes)
+                size = rng.choice(cfg.sizes)
+                e = max(5, round(SIZE_FRACTIONS[size] * cfg.image_size))
+                lo, hi = e // 2 + 1, cfg.image_size - (e - e // 2) - 1
+                obj = Obj(shape=shape, colour=colour, size=size, x=rng.randint(lo, hi), y=rng.randint(lo, hi), extent=e)
+                (tmp / task / cls / f"{i:04d}.png").write_bytes(render(Scene((obj,), ()), cfg))
+        (tmp / f"{task}_templates.txt").write_text("\n".join(recognition_templates(cfg, task)) + "\n", encoding="utf-8")
+        summary[task] = {"classes": len(classes), "images": len(classes) * cfg.recognition_per_class,
+                         "folder": f"{RECOGNITION_DIR}/{task}", "templates": f"{RECOGNITION_DIR}/{task}_templates.txt"}
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
     return summary
 
 

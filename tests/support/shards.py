@@ -121,3 +121,22 @@ def global_batch(tokenizer, n: int = 8, size: int = 64, seed: int = 0) -> dict:
 
 def slice_batch(batch: dict, lo: int, hi: int) -> dict:
     return {k: v[lo:hi] for k, v in batch.items()}
+
+
+def write_manifest(root: Path, name: str = "test") -> Path:
+    """A ``manifest.json`` beside the shards of ``root`` listing each with its rows, bytes and sha256
+    (the part of a manifest that readers check shards against)."""
+    import json
+
+    from pipeline.contract.shards import list_shards
+    from pipeline.core.atomic import sha256_file
+
+    shards = [
+        {"path": p.relative_to(root).as_posix(), "split": split, "rows": pq.read_metadata(p).num_rows,
+         "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        for split, files in list_shards(root).items() for p in files
+    ]
+    doc = {"manifest_version": "1", "name": name, "schema_version": schema.SCHEMA_VERSION,
+           "rows": sum(s["rows"] for s in shards), "shards": shards}
+    (root / "manifest.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    return root / "manifest.json"

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
 from pipeline.records import Edit
+from pipeline.rules.plausibility import DepPair, dep_pairs, lemma_of
 from pipeline.rules.syntax import Link, NounPhrase, Tok, links, noun_phrases, tokens_of
 
 
@@ -21,19 +22,30 @@ class ParsedCaption(NamedTuple):
     children: tuple[tuple[int, ...], ...]
     phrases: tuple[NounPhrase, ...]
     links: tuple[Link, ...]
+    #: the counted form of every token and the caption's dependency pairs (``plausibility``)
+    lemmas: tuple[str, ...]
+    deps: tuple[DepPair, ...]
 
     @classmethod
     def from_doc(cls, doc: Any, text: str | None = None) -> "ParsedCaption":
         """``text`` is the caption the doc was parsed from (saves rebuilding it from tokens)."""
         toks, children = tokens_of(doc)
+        return cls.from_tokens(doc.text if text is None else text, toks, children)
+
+    @classmethod
+    def from_tokens(
+        cls, text: str, toks: tuple[Tok, ...], children: tuple[tuple[int, ...], ...]
+    ) -> "ParsedCaption":
+        """The views of a token table (one read back from the corpus pass, or a parse's)."""
         phrases = noun_phrases(toks, children)
-        return cls(doc.text if text is None else text, toks, children, tuple(phrases),
-                   tuple(links(toks, children, phrases)))
+        return cls(text, toks, children, tuple(phrases), tuple(links(toks, children, phrases)),
+                   tuple([lemma_of(t) for t in toks]), dep_pairs(toks, children))
 
 
 @dataclass
 class Resources:
-    """Read-only data some families need (lexicons, corpus word counts); built once per worker."""
+    """Read-only data some families need (lexicons, semantic classes, corpus counts); built once, in
+    the parent process, and sent to every worker."""
 
     data: dict[str, Any] = field(default_factory=dict)
 

@@ -27,6 +27,7 @@ from pipeline.lexicon import VERB_FORM_TAGS, Lexicon, load_lexicon
 from pipeline.records import Edit, Replacement
 from pipeline.rules.families import ParsedCaption, Resources, register
 from pipeline.rules.grammar import match_case, pluralize, singularize
+from pipeline.rules.plausibility import relabel_pairs
 from pipeline.rules.syntax import POSITION_NOUNS, RELATIONAL_NOUNS, NounPhrase, Tok
 
 if TYPE_CHECKING:
@@ -216,41 +217,48 @@ def lexicon_phrases(lex: Lexicon) -> set[str]:
     return {p for p in out if " " in p}
 
 
-def compile_tables(lex: Lexicon, counts: Counter | None = None) -> ReplaceTables:
-    """Turn the lexicon and corpus counts into the lookup tables the rules read."""
-    counts = counts if counts is not None else Counter()
-    groups: list[GroupRow] = []
-    members: list[tuple[str, ...]] = []
-    noun_single: dict[str, tuple[int, int]] = {}
-    multi: dict[str, list[tuple[tuple[str, ...], int, int]]] = {}
+class _NounTables(NamedTuple):
+    """The noun groups and how a surface form finds its group (the first tables, the others use them)."""
+
+    groups: list[GroupRow]
+    members: list[tuple[str, ...]]
+    noun_single: dict[str, tuple[int, int]]
+    noun_multi: dict[str, list[tuple[tuple[str, ...], int, int]]]
+    #: corpus occurrences of each group's members (0 for generic nouns)
+    group_count: list[int]
+
+
+def _noun_tables(lex: Lexicon, counts: Counter) -> _NounTables:
+    """Generic nouns first, then every synonym group, each surface form by number."""
+    t = _NounTables([], [], {}, {}, [])
 
     def add_form(surface: str, gid: int, number: int) -> None:
         words = surface.split()
         if len(words) == 1:
-            noun_single[surface] = (gid, number)
+            t.noun_single[surface] = (gid, number)
         else:
-            multi.setdefault(words[-1], []).append((tuple(words[:-1]), gid, number))
+            t.noun_multi.setdefault(words[-1], []).append((tuple(words[:-1]), gid, number))
 
     for word, cat in lex.generic_nouns.items():
-        gid = len(groups)
-        groups.append(GroupRow(cat, cat, True, COUNT, False, word, True))
-        members.append((word,))
+        gid = len(t.groups)
+        t.groups.append(GroupRow(cat, cat, True, COUNT, False, word, True))
+        t.members.append((word,))
+        t.group_count.append(0)
         add_form(word, gid, SG)
         if pluralize(word) != word:
             add_form(pluralize(word), gid, PL)
     only_forms: list[tuple[str, int]] = []
-    member_counts: list[int] = [0] * len(groups)
     for g in lex.noun_groups:
-        gid = len(groups)
+        gid = len(t.groups)
         mc = {m: _member_count(counts, m, g.members) for m in g.members}
         ranked = sorted(g.members, key=lambda m: -mc[m])  # stable: ties keep lexicon order
         first = g.members[0]
         countability = MASS if first in lex.mass_nouns else BOTH if first in lex.count_or_mass else COUNT
         plural_only = first in lex.plural_only
-        groups.append(GroupRow(g.category, g.pool, False, countability, plural_only, ranked[0],
-                               g.category not in lex.transparent_compounds))
-        members.append(g.members)
-        member_counts.append(sum(mc.values()))
+        t.groups.append(GroupRow(g.category, g.pool, False, countability, plural_only, ranked[0],
+                                 g.category not in lex.transparent_compounds))
+        t.members.append(g.members)
+        t.group_count.append(sum(mc.values()))
         for m in g.members:
             if m in lex.plural_only:
                 only_forms.append((m, gid))
@@ -261,59 +269,78 @@ def compile_tables(lex: Lexicon, counts: Counter | None = None) -> ReplaceTables
                 add_form(p, gid, PL)
     for m, gid in only_forms:  # "glasses" is the eyewear, not two drinking glasses
         add_form(m, gid, ONLY)
+    return t
 
-    group_count = member_counts
+
+def _object_candidates(lex: Lexicon, nouns: _NounTables) -> tuple[tuple[tuple[int, int], ...], ...]:
+    """Per group, the other groups of its pool it may become, most frequent first (never a
+    synonym, a hypernym or a hyponym)."""
     by_pool: dict[str, list[int]] = {}
-    for gid, row in enumerate(groups):
+    for gid, row in enumerate(nouns.groups):
         if not row.generic:
             by_pool.setdefault(row.pool, []).append(gid)
     object_cands: list[tuple[tuple[int, int], ...]] = []
-    for gid, row in enumerate(groups):
+    for gid, row in enumerate(nouns.groups):
         if row.generic:
             object_cands.append(())
             continue
-        mine = set(members[gid])
+        mine = set(nouns.members[gid])
         options = []
         for other in by_pool[row.pool]:
-            if other == gid or mine & set(members[other]):
+            if other == gid or mine & set(nouns.members[other]):
                 continue
-            if any(lex.related_nouns(a, b) for a in mine for b in members[other]):
+            if any(lex.related_nouns(a, b) for a in mine for b in nouns.members[other]):
                 continue
-            options.append((other, group_count[other]))
+            options.append((other, nouns.group_count[other]))
         object_cands.append(_rank(options, _OBJECT_POOL))
+    return tuple(object_cands)
 
-    # noun selectors: a category, a ``category.pool`` or a noun ------------------
-    pools = {g.pool for g in lex.noun_groups}
-    cats = {g.category for g in lex.noun_groups} | set(lex.generic_nouns.values())
 
-    def resolve_nouns(names: Iterable[str]) -> tuple[frozenset[int], frozenset[str]]:
+class _NounSelector:
+    """Resolves the lexicon's noun selectors (a category, a ``category.pool`` or a noun) to group
+    ids and words."""
+
+    def __init__(self, lex: Lexicon, nouns: _NounTables) -> None:
+        self.nouns = nouns
+        self.pools = {g.pool for g in lex.noun_groups}
+        self.cats = {g.category for g in lex.noun_groups} | set(lex.generic_nouns.values())
+
+    def __call__(self, names: Iterable[str]) -> tuple[frozenset[int], frozenset[str]]:
+        groups = self.nouns.groups
         gids: set[int] = set()
         words: set[str] = set()
         for name in names:
-            if name in pools:
+            if name in self.pools:
                 gids.update(i for i, r in enumerate(groups) if r.pool == name)
-            elif name in cats:
+            elif name in self.cats:
                 gids.update(i for i, r in enumerate(groups) if r.category == name)
             else:
-                hit = noun_single.get(name)
+                hit = self.nouns.noun_single.get(name)
                 if hit is None and " " in name:
                     words_ = name.split()
-                    hit = next(((g, n) for w, g, n in multi.get(words_[-1], ()) if list(w) == words_[:-1]), None)
+                    hit = next(
+                        ((g, n) for w, g, n in self.nouns.noun_multi.get(words_[-1], ()) if list(w) == words_[:-1]), None
+                    )
                 if hit is not None:
                     gids.add(hit[0])
                 words.add(name)
         return frozenset(gids), frozenset(words)
 
-    # attributes -------------------------------------------------------------
+
+def _attribute_tables(
+    lex: Lexicon, counts: Counter, resolve: _NounSelector
+) -> tuple[dict[str, tuple[int, ...]], tuple[AttrRow, ...], frozenset[str]]:
+    """Per adjective, its rows (contrasts ranked by frequency, the nouns it may describe); and the
+    colour words (a shade before one belongs to it)."""
     attrs: list[AttrRow] = []
     attr_words: dict[str, list[int]] = {}
     colour_words: set[str] = set()
     for acat in lex.attributes:
-        for_ = resolve_nouns(acat.for_)[0] if acat.for_ is not None else None
-        not_for = resolve_nouns(acat.not_for)[0]
+        for_ = resolve(acat.for_)[0] if acat.for_ is not None else None
+        not_for = resolve(acat.not_for)[0]
         only: dict[int, frozenset[str]] = {}
         for sel, allowed in acat.only_targets_for.items():
-            for sel_gid in resolve_nouns([sel])[0]:
+            for sel_gid in resolve([sel])[0]:
                 only[sel_gid] = allowed
         entries: dict[str, tuple[str, ...]] = {}
         if acat.groups:
@@ -329,12 +356,24 @@ def compile_tables(lex: Lexicon, counts: Counter | None = None) -> ReplaceTables
             cands = _rank([(t, counts.get(t, 0)) for t in targets], len(targets))
             attr_words.setdefault(w, []).append(len(attrs))
             attrs.append(AttrRow(acat.rule, acat.pos, for_, not_for, cands, only))
+    return {k: tuple(v) for k, v in attr_words.items()}, tuple(attrs), frozenset(colour_words)
+
+
+def _number_table(lex: Lexicon, counts: Counter) -> dict[str, tuple[tuple[str, int], ...]]:
+    """Per number word, its neighbours ("two" -> "three", "one"), more frequent first."""
     numbers: dict[str, tuple[tuple[str, int], ...]] = {}
     for n, w in enumerate(lex.numbers):
         near = [lex.numbers[x] for x in (n - 1, n + 1) if 0 <= x < len(lex.numbers)]
         numbers[w] = _rank([(t, counts.get(t, 0)) for t in near], 2)
+    return numbers
 
-    # relations ----------------------------------------------------------------
+
+def _relation_tables(
+    lex: Lexicon, counts: Counter
+) -> tuple[dict[str, tuple[tuple[tuple[str, ...], int], ...]], tuple[RelRow, ...]]:
+    """Spatial relations by first word (longest phrase first), each with its contrasts: one per
+    synonym group ("under" and "underneath" would make near-duplicate negatives)."""
+
     def rel_synonyms(a: str, b: str) -> bool:
         return a == b or any(a in s and b in s for s in lex.relation_synonyms)
 
@@ -348,7 +387,6 @@ def compile_tables(lex: Lexicon, counts: Counter | None = None) -> ReplaceTables
     rel_first: dict[str, list[tuple[tuple[str, ...], int]]] = {}
     for phrase, entry in lex.relations.items():
         rel_to = [t for t in entry.to if not rel_synonyms(phrase, t)]
-        # one target per synonym group: "under" and "underneath" would make near-duplicate negatives
         uniq: list[str] = []
         for t in sorted(rel_to, key=lambda t: -counts.get(t, 0)):
             if not any(rel_synonyms(t, u) for u in uniq):
@@ -364,10 +402,21 @@ def compile_tables(lex: Lexicon, counts: Counter | None = None) -> ReplaceTables
         )
         words = tuple(phrase.split())
         rel_first.setdefault(words[0], []).append((words, rid))
+    return {k: tuple(sorted(v, key=lambda x: -len(x[0]))) for k, v in rel_first.items()}, tuple(rels)
 
-    # verbs -------------------------------------------------------------------
+
+class _VerbTables(NamedTuple):
+    verbs: tuple[VerbRow, ...]
+    surface: dict[str, tuple[tuple[int, int], ...]]
+    phrasal: dict[tuple[str, str], tuple[tuple[int, int], ...]]
+
+
+def _verb_tables(lex: Lexicon, counts: Counter, resolve: _NounSelector) -> _VerbTables:
+    """Verbs with their contrasts (most frequent first, one per synonym group: "holding" and
+    "carrying" are one contrast) and the surface forms that find them."""
     vids = {lemma: n for n, lemma in enumerate(lex.verbs)}
     lex_names = list(lex.verbs)
+
     def verb_synonyms(a: str, b: str) -> bool:
         return a == b or any(a in s and b in s for s in lex.verb_synonyms)
 
@@ -377,7 +426,6 @@ def compile_tables(lex: Lexicon, counts: Counter | None = None) -> ReplaceTables
     for lemma, v in lex.verbs.items():
         vid = vids[lemma]
         to: list[tuple[int, int]] = []
-        # most frequent first, one per synonym group ("holding" and "carrying" are one contrast)
         for t in sorted(v.to, key=lambda t: -sum(counts.get(f, 0) for f in set(lex.verbs[t].forms))):
             if verb_synonyms(lemma, t) or any(verb_synonyms(t, lex_names[u]) for u, _ in to):
                 continue
@@ -387,10 +435,10 @@ def compile_tables(lex: Lexicon, counts: Counter | None = None) -> ReplaceTables
                 v.forms,
                 v.transitive,
                 v.intransitive,
-                resolve_nouns(v.objects) if v.objects is not None else None,
+                resolve(v.objects) if v.objects is not None else None,
                 _rank(to, len(to)),
                 v.animate,
-                resolve_nouns(v.subjects)[0] if v.subjects is not None else None,
+                resolve(v.subjects)[0] if v.subjects is not None else None,
             )
         )
         for fi, form in enumerate(v.forms):
@@ -399,27 +447,41 @@ def compile_tables(lex: Lexicon, counts: Counter | None = None) -> ReplaceTables
             key = parts[0] if len(parts) == 1 else (parts[0], parts[1])
             if len(parts) <= 2 and (fi, vid) not in table.get(key, []):
                 table.setdefault(key, []).append((fi, vid))
+    return _VerbTables(
+        tuple(verbs),
+        {k: tuple(v) for k, v in verb_surface.items()},
+        {k: tuple(v) for k, v in verb_phrasal.items()},
+    )
 
+
+def compile_tables(lex: Lexicon, counts: Counter | None = None) -> ReplaceTables:
+    """Turn the lexicon and corpus counts into the lookup tables the rules read, one table at a time."""
+    counts = counts if counts is not None else Counter()
+    nouns = _noun_tables(lex, counts)
+    resolve = _NounSelector(lex, nouns)
+    attr_words, attrs, colour_words = _attribute_tables(lex, counts, resolve)
+    rel_first, rels = _relation_tables(lex, counts)
+    verbs = _verb_tables(lex, counts, resolve)
     return ReplaceTables(
-        noun_single=noun_single,
-        noun_multi={k: tuple(sorted(v, key=lambda x: -len(x[0]))) for k, v in multi.items()},
-        groups=tuple(groups),
-        group_members=tuple(members),
-        object_cands=tuple(object_cands),
+        noun_single=nouns.noun_single,
+        noun_multi={k: tuple(sorted(v, key=lambda x: -len(x[0]))) for k, v in nouns.noun_multi.items()},
+        groups=tuple(nouns.groups),
+        group_members=tuple(nouns.members),
+        object_cands=_object_candidates(lex, nouns),
         gender=dict(lex.gender),
-        attr_words={k: tuple(v) for k, v in attr_words.items()},
-        attrs=tuple(attrs),
+        attr_words=attr_words,
+        attrs=attrs,
         shade_words=lex.shade_words,
-        colour_words=frozenset(colour_words),
-        numbers=numbers,
-        rel_first={k: tuple(sorted(v, key=lambda x: -len(x[0]))) for k, v in rel_first.items()},
-        rels=tuple(rels),
+        colour_words=colour_words,
+        numbers=_number_table(lex, counts),
+        rel_first=rel_first,
+        rels=rels,
         sides=dict(lex.sides),
         relational_nouns=dict(lex.relational_nouns),
-        verb_surface={k: tuple(v) for k, v in verb_surface.items()},
-        verb_phrasal={k: tuple(v) for k, v in verb_phrasal.items()},
-        verb_phrasal_heads=frozenset(k[0] for k in verb_phrasal),
-        verbs=tuple(verbs),
+        verb_surface=verbs.surface,
+        verb_phrasal=verbs.phrasal,
+        verb_phrasal_heads=frozenset(k[0] for k in verbs.phrasal),
+        verbs=verbs.verbs,
     )
 
 
@@ -524,7 +586,33 @@ def relation_replace(parsed: ParsedCaption, res: Resources) -> list[Edit]:
         ):
             edits.append(_spatial_word(tok, t.relational_nouns[low]))
         i += 1
-    return edits
+    return _with_pairs(parsed, edits, t)
+
+
+def _with_pairs(parsed: ParsedCaption, edits: list[Edit], t: ReplaceTables) -> list[Edit]:
+    """The edits with the dependency pairs they change (for the plausibility score): a replaced
+    preposition relabels the pairs it joins, a replaced verb, adjective, number or noun gives its
+    pairs a new lemma."""
+    out = []
+    deps, lemmas = parsed.deps, parsed.lemmas
+    for e in edits:
+        r = e.replacements[0]
+        if e.family == "relation_replace" and e.rule == "spatial":
+            old, new = relabel_pairs(deps, lemmas, {}, (r.start, r.end), e.items[0], e.items[1])
+        else:
+            word = e.items[1].split(" ")[-1] if e.items[1] else ""
+            if e.family == "relation_replace":
+                hits = t.verb_surface.get(e.items[1].split(" ")[0], ())
+                word = t.verbs[hits[0][1]].forms[0].split(" ")[0] if hits else word
+                at = r.start
+            elif e.family == "object_replace":
+                word = singularize(word)
+                at = r.end - 1
+            else:
+                at = r.end - 1
+            old, new = relabel_pairs(deps, lemmas, {at: word})
+        out.append(e._replace(pairs_old=old, pairs_new=new))
+    return out
 
 
 def _spatial_word(tok: Tok, new: str) -> Edit:
@@ -705,7 +793,7 @@ def attribute_replace(parsed: ParsedCaption, res: Resources) -> list[Edit]:
             subj = next((c for c in parsed.children[tok.head] if toks[c].dep == "nsubj"), None)
             if subj is not None and subj in by_head:
                 _attribute_edits(toks, tok.i, by_head[subj], {tok.lower}, t, edits)
-    return edits[:MAX_EDITS]
+    return _with_pairs(parsed, edits[:MAX_EDITS], t)
 
 
 def _attribute_edits(
@@ -804,7 +892,7 @@ def object_replace(parsed: ParsedCaption, res: Resources) -> list[Edit]:
         if words is None:
             words = {tk.lower for tk in toks}
         _object_edits(parsed, ph, start, gid, number, cands, present, words, allowed, t, edits)
-    return edits[:MAX_EDITS]
+    return _with_pairs(parsed, edits[:MAX_EDITS], t)
 
 
 def _verb_objects(

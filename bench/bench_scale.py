@@ -1,0 +1,149 @@
+"""Stage 1 at scale: peak memory against input size, and the Ray engine's rate against the local one.
+
+Runs ``hardneg generate`` (the CLI, as a user does) as a child process per variant and samples the
+resident memory of its whole process tree (driver, worker processes, and for Ray its own daemons
+and actors) every 0.5 s; reports the peak of the tree and of the driver process alone:
+
+  local  x25k / x400k   the local engine, 2 worker processes
+  ray    x25k / x400k   the Ray engine, 2 actors, a local Ray instance of 2 CPUs
+
+The inputs are the Karpathy test captions (25,010) and the same file repeated 16 times with the
+image names made distinct (400,160 captions), written under --workdir (never into the repository).
+Printed side by side, with the issue's targets:
+  memory: peak(400k) - peak(25k) <= 100 MiB, for the local tree and for the Ray driver
+  speed:  rate(ray, 25k) / rate(local, 25k) >= 0.75, the rate of Ray without ``ray.init`` (reported beside)
+
+Needs psutil (installed with ``hardneg[all]``) and, for the Ray variants, ``hardneg[ray]``.
+
+  python bench/bench_scale.py [--captions ../shared/data/coco_karpathy_test.json] [--repeat 16]
+                              [--variants local:25k,local:400k,ray:25k,ray:400k] [--workdir /tmp/hardneg-bench-scale]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+MIB = 1 << 20
+
+
+def write_inputs(captions: Path, repeat: int, workdir: Path) -> dict[str, Path]:
+    """The 25k file as is, and ``repeat`` copies of it with distinct image names (so distinct ids)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    small = workdir / "karpathy_test_25k.json"
+    shutil.copyfile(captions, small)
+    big = workdir / f"karpathy_test_x{repeat}.json"
+    if not big.exists():
+        data = json.loads(captions.read_text(encoding="utf-8"))
+        with open(big, "w", encoding="utf-8") as f:  # written record by record: the bench stays small too
+            f.write("[")
+            first = True
+            for k in range(repeat):
+                for rec in data:
+                    image = rec["image"].replace(".jpg", f"_r{k:02d}.jpg")
+                    f.write(("" if first else ",") + json.dumps({"image": image, "caption": rec["caption"]}))
+                    first = False
+            f.write("]")
+    return {"25k": small, "400k": big}
+
+
+class TreeSampler(threading.Thread):
+    """Peak RSS of a process and of its whole tree, sampled until the process ends; also the peak
+    of the tree's PSS (shared pages split between the processes sharing them: forked workers share
+    most of the driver's pages, which a sum of RSS counts once per process)."""
+
+    def __init__(self, pid: int, every: float = 0.5) -> None:
+        super().__init__(daemon=True)
+        self.proc, self.every = psutil.Process(pid), every
+        self.peak_tree = self.peak_driver = self.peak_pss = 0
+
+    def run(self) -> None:
+        while True:
+            try:
+                procs = [self.proc, *self.proc.children(recursive=True)]
+                driver = self.proc.memory_info().rss
+            except psutil.NoSuchProcess:
+                return
+            tree = pss = 0
+            for p in procs:
+                try:
+                    tree += p.memory_info().rss
+                    pss += p.memory_full_info().pss
+                except (psutil.NoSuchProcess, psutil.AccessDenied, AttributeError):
+                    pass
+            self.peak_tree, self.peak_driver = max(self.peak_tree, tree), max(self.peak_driver, driver)
+            self.peak_pss = max(self.peak_pss, pss)
+            time.sleep(self.every)
+
+
+def run_variant(engine: str, source: Path, workdir: Path, workers: int, sets: list[str]) -> dict:
+    out, man = workdir / f"out-{engine}-{source.stem}", workdir / "manifests"
+    shutil.rmtree(out, ignore_errors=True)
+    name = f"bench-{engine}-{source.stem}"
+    cmd = [str(Path(sys.executable).parent / "hardneg"), "generate", "-i", str(source), "-o", str(out),
+           "--manifest-dir", str(man), "--name", name, "--engine", engine]
+    cmd += ["--workers", str(workers)] if engine == "local" else ["--actors", str(workers), "--set", f"ray.num_cpus={workers}"]
+    for s in sets:
+        cmd += ["--set", s]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(workdir / f"{name}.log", "w"))
+    sampler = TreeSampler(proc.pid)
+    sampler.start()
+    rc = proc.wait()
+    wall = time.perf_counter() - t0
+    sampler.join()
+    if rc != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({rc}); see {workdir / f'{name}.log'}")
+    m = json.loads((man / f"{name}.json").read_text())
+    t = m["timings"]
+    init = t.get("ray_init_seconds", 0.0)
+    return {
+        "rows": m["rows"], "wall": wall, "total": t["total_seconds"], "init": init,
+        "rate": m["rows"] / (t["total_seconds"] - init),
+        "tree_mib": sampler.peak_tree / MIB, "driver_mib": sampler.peak_driver / MIB, "pss_mib": sampler.peak_pss / MIB,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--captions", type=Path, default=ROOT.parent / "shared" / "data" / "coco_karpathy_test.json")
+    ap.add_argument("--repeat", type=int, default=16)
+    ap.add_argument("--workers", type=int, default=2, help="local worker processes and Ray actors")
+    ap.add_argument("--variants", default="local:25k,ray:25k,local:400k,ray:400k")
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/hardneg-bench-scale"))
+    ap.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY=VALUE",
+                    help="a config override for every variant (e.g. plausibility.sample_captions=25010)")
+    args = ap.parse_args()
+    inputs = write_inputs(args.captions, args.repeat, args.workdir)
+    results: dict[tuple[str, str], dict] = {}
+    for v in args.variants.split(","):
+        engine, size = v.split(":")
+        r = results[(engine, size)] = run_variant(engine, inputs[size], args.workdir, args.workers, args.sets)
+        print(f"{engine:5s} {size:>5s}: {r['rows']:7d} rows  {r['wall']:7.1f} s wall  {r['rate']:6.1f} captions/s"
+              f"  (ray.init {r['init']:.1f} s)  peak tree {r['tree_mib']:7.0f} MiB  driver {r['driver_mib']:6.0f} MiB"
+              f"  tree PSS {r['pss_mib']:6.0f} MiB",
+              flush=True)
+    print()
+    for engine in ("local", "ray"):
+        a, b = results.get((engine, "25k")), results.get((engine, "400k"))
+        if a and b:
+            print(f"{engine:5s} memory growth 25k -> 400k: tree {b['tree_mib'] - a['tree_mib']:+7.0f} MiB,"
+                  f" driver {b['driver_mib'] - a['driver_mib']:+6.0f} MiB, tree PSS {b['pss_mib'] - a['pss_mib']:+6.0f} MiB"
+                  "   (target <= +100 MiB)")
+    loc, ray = results.get(("local", "25k")), results.get(("ray", "25k"))
+    if loc and ray:
+        print(f"speed on 25k: ray / local = {ray['rate'] / loc['rate']:.2f}  (target >= 0.75; "
+              f"ray.init {ray['init']:.1f} s timed apart; with it: {ray['rows'] / ray['total'] / loc['rate']:.2f})")
+
+
+if __name__ == "__main__":
+    main()

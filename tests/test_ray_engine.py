@@ -1,0 +1,114 @@
+"""``engine: ray`` on a real local Ray instance: the local engine's rows, a killed actor, a failed driver.
+
+Skipped when Ray Data is not installed (``pip install 'hardneg[ray]'``; ``make test`` installs it).
+Three Ray runs in all, to keep the module well under a minute on two cores.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+ray = pytest.importorskip("ray", reason="the ray engine needs ray[data]")
+pytest.importorskip("ray.data")
+
+from pipeline import generate as gen_mod  # noqa: E402
+from pipeline.config import GenerateConfig, RayConfig, SourceConfig, StreamConfig  # noqa: E402
+from pipeline.core.errors import ConfigError  # noqa: E402
+from pipeline.generate import generate  # noqa: E402
+from tests.test_engines import write_coco  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures"
+_REAL_RUN_SHARD = gen_mod._run_shard
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    # the workers import this module by the name pytest gave it, to run the test's shard functions
+    paths = [str(Path(__file__).parent), str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH", "")]
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}})
+    yield
+    ray.shutdown()
+
+
+def config(tmp_path: Path, src: Path, out: str, engine: str, actors: int = 2, **kw) -> GenerateConfig:
+    kw.setdefault("shard_size", 8)
+    return GenerateConfig(
+        name="t", source=SourceConfig(path=str(src)), out=str(tmp_path / out),  # the name is in the hash
+        manifest_dir=str(tmp_path / "manifests"), engine=engine, ray=RayConfig(actors=actors),
+        stream=StreamConfig(partition_rows=50), **kw,
+    )
+
+
+def rows(out: Path, m) -> dict[str, dict]:
+    return {r["id"]: r for s in m.shards for r in pq.read_table(out / s.path).to_pylist()}
+
+
+def _dies_once_on_the_second_shard(task):  # module level: Ray pickles it by name
+    marker = Path(task.path).parents[2] / "killed-once"  # in the output folder, beside the work folder
+    if task.index == 1 and not marker.exists():
+        marker.touch()
+        os._exit(1)  # the actor process dies mid-run, as when killed
+    return _REAL_RUN_SHARD(task)
+
+
+def _fails_on_the_last_shard(task):
+    if task.index == 2:
+        raise RuntimeError("driver gone")  # stands in for a driver killed after two shards
+    return _REAL_RUN_SHARD(task)
+
+
+def test_ray_engine_survives_a_killed_actor_and_writes_the_local_rows(tmp_path, monkeypatch):
+    src = write_coco(tmp_path / "captions_val2014.json", images=24)  # scattered: grouped on disk
+    families = ["relation_swap", "object_swap", "attribute_swap", "object_replace"]
+    local = generate(config(tmp_path, src, "local", "local", families=families))
+    monkeypatch.setattr(gen_mod, "_run_shard", _dies_once_on_the_second_shard)
+    m = generate(config(tmp_path, src, "ray", "ray", families=families))
+    assert (tmp_path / "ray" / "killed-once").exists()  # an actor did die mid-run
+    got, want = rows(tmp_path / "ray", m), rows(tmp_path / "local", local)
+    assert len(got) == m.rows == local.rows == 118
+    assert got == want  # every row, with the same negatives and provenance
+    assert {s.path: s.sha256 for s in m.shards} == {s.path: s.sha256 for s in local.shards}  # same shards, even
+    assert (m.skipped, m.skip_examples) == (local.skipped, local.skip_examples)
+    assert m.families == local.families
+    assert m.timings._extra["engine"] == "ray" and m.timings._extra["ray_actors"] == 2
+    assert m.config_hash == local.config_hash  # the engine is not part of the data
+
+
+def test_a_failed_driver_rerun_does_not_redo_finished_shards(tmp_path, monkeypatch):
+    src = FIXTURES / "captions.jsonl"
+    monkeypatch.setattr(gen_mod, "_run_shard", _fails_on_the_last_shard)
+    with pytest.raises(Exception, match="driver gone"):
+        generate(config(tmp_path, src, "ray", "ray", actors=1))
+    assert not (tmp_path / "manifests" / "ray.json").exists()  # no manifest for a partial run
+    done = sorted(p.name for p in (tmp_path / "ray").glob(".partial-*/train/*.parquet"))
+    assert done == ["part-00000-of-00003.parquet", "part-00001-of-00003.parquet"]
+    monkeypatch.setattr(gen_mod, "_run_shard", _REAL_RUN_SHARD)
+    m = generate(config(tmp_path, src, "ray", "ray", actors=1))
+    assert m.timings.shards_resumed == 2  # the finished shards are not redone
+    local = generate(config(tmp_path, src, "local", "local"))
+    assert rows(tmp_path / "ray", m) == rows(tmp_path / "local", local)
+    assert {s.path: s.sha256 for s in m.shards} == {s.path: s.sha256 for s in local.shards}
+
+
+def test_ray_engine_needs_ray_data_and_a_known_engine(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match="engine must be one of"):
+        generate(config(tmp_path, FIXTURES / "captions.jsonl", "x", "spark"))
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_ray(name, *a, **kw):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError("No module named 'ray'")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    from pipeline.engines.ray_engine import import_ray
+
+    with pytest.raises(ConfigError, match=r"pip install 'hardneg\[ray\]'"):
+        import_ray()
