@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from support.shards import FAMILIES, shapes_dataset, shapes_rows, write_manifest, write_shard
+from support.shards import FAMILIES, shapes_dataset, shapes_rows, tiny_run_cfg, write_manifest, write_shard
 
 import trainer.loop as loop
 from pipeline.cli import main
@@ -36,18 +36,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_cfg(ds: Path, out: Path, **over) -> dict:
-    cfg = {
-        "model": {"name": "hardneg-tiny", "pretrained": None},
-        "data": {"paths": [str(ds)], "families": FAMILIES, "batch_size": 8, "workers": 0, "shuffle_buffer": 24},
-        "optim": {"lr": 1e-3, "warmup_steps": 3, "max_steps": 12},
-        "output_dir": str(out),
-        "checkpoint_every": 5,
-        "tensorboard": False,
-        "progress": False,
-    }
-    for k, v in over.items():
-        cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
-    return cfg
+    return tiny_run_cfg(ds, out, workers=0, max_steps=12, **over)
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from support.shards import FAMILIES, shapes_dataset
+from support.shards import FAMILIES, shapes_dataset, tiny_run_cfg
 
 from pipeline.cli import main
 from pipeline.core.errors import ConfigError
@@ -34,18 +34,7 @@ def ds(tmp_path_factory) -> Path:
 
 
 def run_cfg(ds: Path, out: Path, **over) -> dict:
-    cfg = {
-        "model": {"name": "hardneg-tiny", "pretrained": None},
-        "data": {"paths": [str(ds)], "families": FAMILIES, "batch_size": 8, "workers": 2, "shuffle_buffer": 24},
-        "optim": {"lr": 1e-3, "warmup_steps": 3, "max_steps": 20},
-        "output_dir": str(out),
-        "checkpoint_every": 5,
-        "tensorboard": False,
-        "progress": False,
-    }
-    for k, v in over.items():
-        cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
-    return cfg
+    return tiny_run_cfg(ds, out, workers=2, max_steps=20, **over)
 
 
 @pytest.fixture(scope="module")

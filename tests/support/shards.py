@@ -140,3 +140,19 @@ def write_manifest(root: Path, name: str = "test") -> Path:
            "rows": sum(s["rows"] for s in shards), "shards": shards}
     (root / "manifest.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     return root / "manifest.json"
+
+
+def tiny_run_cfg(ds: Path, out: Path, *, workers: int = 2, max_steps: int = 20, **over: object) -> dict:
+    """A ``train()`` config of the tiny model on ``ds``; ``over`` replaces keys (a dict merges into its section)."""
+    cfg: dict = {
+        "model": {"name": "hardneg-tiny", "pretrained": None},
+        "data": {"paths": [str(ds)], "families": FAMILIES, "batch_size": 8, "workers": workers, "shuffle_buffer": 24},
+        "optim": {"lr": 1e-3, "warmup_steps": 3, "max_steps": max_steps},
+        "output_dir": str(out),
+        "checkpoint_every": 5,
+        "tensorboard": False,
+        "progress": False,
+    }
+    for k, v in over.items():
+        cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
+    return cfg
