@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 import pytest
+from support.rules import pair_tables
 
 from pipeline.lexicon import load_semantics
 from pipeline.records import Candidate, CaptionRecord, Edit, RejectCounts, Replacement
 from pipeline.rules.families import Resources
 from pipeline.rules.filters import REJECT_REASONS, group_keys, normalize, select
 from pipeline.rules.negatives import negatives_for
-from pipeline.rules.plausibility import compile_pair_tables, pair_key
+from pipeline.rules.plausibility import compile_pair_tables
 
 #: the corpus the scored runs count (small, so the expected scores are easy to follow)
 CORPUS = [
@@ -26,12 +25,7 @@ CORPUS = [
 
 @pytest.fixture(scope="module")
 def tables(parsed):
-    sem = load_semantics()
-    counts: Counter = Counter()
-    for c in CORPUS:
-        p = parsed(c)
-        counts.update(pair_key(d, p.lemmas) for d in p.deps)
-    return compile_pair_tables(counts, len(CORPUS), sem.noun_class, sem.modifier_type)
+    return pair_tables(parsed, CORPUS)
 
 
 def run(parsed, caption, families, group=(), k=3, seed=0, resources=None):
@@ -173,12 +167,7 @@ ISSUE_CORPUS = [
 
 
 def test_the_issues_cross_class_examples_are_counted_rejects(parsed):
-    sem = load_semantics()
-    counts: Counter = Counter()
-    for c in ISSUE_CORPUS:
-        p = parsed(c)
-        counts.update(pair_key(d, p.lemmas) for d in p.deps)
-    res = scored(compile_pair_tables(counts, len(ISSUE_CORPUS), sem.noun_class, sem.modifier_type), cross=-2.0)
+    res = scored(pair_tables(parsed, ISSUE_CORPUS), cross=-2.0)
     # under the default cross-class floor (-2 bits) the table/berry exchange is refused and counted;
     # the berry/cake one (food/food) is compatible and kept
     caption = "A table topped with a cake covered in berries next to a plate of sandwiches."

@@ -6,6 +6,7 @@ import math
 from collections import Counter
 
 import pytest
+from support.rules import pair_tables
 
 from pipeline.lexicon import load_semantics
 from pipeline.rules.families import Resources, get_family
@@ -98,12 +99,7 @@ CORPUS = [
 
 @pytest.fixture(scope="module")
 def tables(parsed):
-    sem = load_semantics()
-    counts: Counter = Counter()
-    for c in CORPUS:
-        p = parsed(c)
-        counts.update(pair_key(d, p.lemmas) for d in p.deps)
-    return compile_pair_tables(counts, len(CORPUS), sem.noun_class, sem.modifier_type)
+    return pair_tables(parsed, CORPUS)
 
 
 def test_scorer_smooths_by_class_and_leaves_the_caption_out(tables):
