@@ -3,8 +3,9 @@ docs/negative-quality.md.
 
 For each floor value ``v`` it runs ``hardneg generate`` (all six families) with
 ``plausibility.cross_class_floor.{relation_swap,object_swap}=v`` and
-``plausibility.floor.relation_replace=v`` (``none``: cross-class swaps never kept and no
-relation_replace floor), then ``hardneg report``, and collects each family's coverage, n-gram blind
+``plausibility.floor.{relation_swap,relation_replace}=v`` (``none``: cross-class swaps never kept and
+no relation_swap or relation_replace floor; the other floors stay at their defaults), then
+``hardneg report``, and collects each family's coverage, n-gram blind
 check and learned-detector accuracy (when the report has one) into ``tradeoff.json``, ``tradeoff.md``
 and ``tradeoff.png``.
 
@@ -41,6 +42,7 @@ def run_one(args: argparse.Namespace, value: str) -> dict[str, dict[str, float |
          "--out", str(out), "--name", f"tradeoff-{tag}", "--manifest-dir", str(Path(args.out) / "manifests"),
          "--set", f"plausibility.cross_class_floor.relation_swap={v}",
          "--set", f"plausibility.cross_class_floor.object_swap={v}",
+         "--set", f"plausibility.floor.relation_swap={v}",
          "--set", f"plausibility.floor.relation_replace={v}"],
         check=True,
     )

@@ -55,9 +55,9 @@ class FamilyFloors:
     """A plausibility floor per family, in bits (null: none); one field per family of
     ``pipeline.contract.families`` (a test keeps them in step)."""
 
-    relation_swap: float | None = None
-    attribute_swap: float | None = None
-    object_swap: float | None = None
+    relation_swap: float | None = -2.0
+    attribute_swap: float | None = -4.0
+    object_swap: float | None = -4.0
     relation_replace: float | None = -2.0
     attribute_replace: float | None = None
     object_replace: float | None = None

@@ -364,3 +364,65 @@ def test_candidates_carry_provenance(parsed):
 def test_the_embedded_world_stays_swappable(parsed, caption, expected):
     # shapes are one class, colours and sizes typed: every swap the world's CE-CLIP run trains on
     assert {f: proposals(parsed, caption, f) for f in expected} == expected
+
+
+# ----------------------------------------------------------------------------- relation words exchanged
+
+
+def test_relation_swap_exchanges_two_prepositions(parsed):
+    # every noun stays; the relations between them change
+    got = proposals(parsed, "A cat sitting on a chair next to a table.", "relation_swap")
+    assert ("preposition", "A cat sitting next to a chair on a table.", False, False) in got
+    edit = next(e for e in get_family("relation_swap")(parsed("A cat sitting on a chair next to a table."), Resources())
+                if e.rule == "preposition")
+    assert edit.items == ("on", "next to")
+    assert edit.pairs_old == (("p:on", "sit", "chair"), ("p:next to", "sit", "table"))
+    assert edit.pairs_new == (("p:next to", "sit", "chair"), ("p:on", "sit", "table"))
+    assert ("preposition", "A dog on a car near a street.", False, False) in proposals(
+        parsed, "A dog near a car on a street.", "relation_swap"
+    )
+    # a preposition that starts the caption takes its capital letter along
+    assert ("preposition", "Next to a table is a plate on a cup.", False, False) in proposals(
+        parsed, "On a table is a plate next to a cup.", "relation_swap"
+    )
+
+
+@pytest.mark.parametrize(
+    "caption",
+    [
+        "A dog near a car next to a tree.",  # one meaning group: "near" / "next to" say the same
+        "A glass of wine on a table.",  # "of" is not a relation
+        "A man on a motorcycle is waving at two men",  # "at" is the verb's target, not a place
+        "A man in a red shirt standing next to a car.",  # an "in" of wearing is no place
+        "A man in green is near a man in white.",
+    ],
+)
+def test_relation_swap_leaves_prepositions_that_say_the_same(parsed, caption):
+    assert not [t for t in proposals(parsed, caption, "relation_swap") if t[0] == "preposition"]
+
+
+def test_relation_swap_moves_whole_objects_only(parsed):
+    # "a lot of | fruits": moving the fruits would leave "a lot of" behind ("A lot of a bowl ...")
+    assert proposals(parsed, "A lot of fruits that are in a bowl.", "relation_swap") == []
+    # a frame is not a quantity: "a picture of" stays and the objects in it exchange
+    assert proposals(parsed, "A picture of a cat on a bed.", "relation_swap") == [
+        ("prep", "A picture of a bed on a cat.", False, True)
+    ]
+    # one conjunct cannot take the other's relation alone ("A bowl and oranges in apples ..."); the
+    # prepositions still exchange
+    assert proposals(parsed, "Apples and oranges in a bowl on a table.", "relation_swap") == [
+        ("preposition", "Apples and oranges on a bowl in a table.", False, False)
+    ]
+
+
+def test_swaps_keep_a_noun_inside_a_modifier_in_place(parsed):
+    # "snow covered" describes the car: the car moves with it, the snow is never an object
+    assert texts(parsed, "A snow covered car parked next to a truck.", "object_swap") == [
+        "A snow covered truck parked next to a car."
+    ]
+
+
+def test_attribute_swap_leaves_words_that_are_not_attributes(parsed):
+    # "different" and "own" say nothing about what the noun looks like
+    assert proposals(parsed, "a plate containing different varieties of food each in their own bowl", "attribute_swap") == []
+    assert texts(parsed, "A red plate with the same blue cup.", "attribute_swap") == ["A blue plate with the same red cup."]

@@ -37,6 +37,12 @@ def test_noun_phrases_with_adjectives_numbers_and_quantity_nouns(nlp):
     ]
 
 
+def test_a_noun_inside_a_modifier_does_not_hide_the_object(nlp):
+    # "snow" (npadvmod of "covered") describes the car: the car is the phrase, the snow is not one
+    toks, _, phrases, _ = view(nlp, "A snow covered car parked next to a truck.")
+    assert [(p.start, p.end, toks[p.noun].text) for p in phrases] == [(0, 4, "car"), (7, 9, "truck")]
+
+
 def test_links_relations_between_phrases(nlp):
     *_, found = view(nlp, "A small black dog is sitting on top of a red couch.")
     assert [(x.a, x.b, x.kind, x.relation, x.symmetric, x.verb) for x in found] == [

@@ -174,6 +174,8 @@ def noun_phrases(toks: tuple[Tok, ...], children: tuple[tuple[int, ...], ...]) -
     for t in toks:
         if t.pos not in _NOUN_POS or t.dep not in _NP_DEPS:
             continue
+        if t.dep == "npadvmod" and toks[t.head].dep == "amod" and t.head > t.i:
+            continue  # "snow" in "a snow covered car" describes the car, and must not hide it
         if t.dep == "conj":
             h = toks[t.head]
             if h.pos not in _NOUN_POS and h.pos != "PRON":

@@ -36,7 +36,7 @@ from pipeline.rules.families import ParsedCaption, Resources, register
 from pipeline.rules.grammar import agree_verb, pluralize, singularize
 from pipeline.rules.plausibility import exchange_pairs, pair_key
 from pipeline.rules.realize import span_words
-from pipeline.rules.syntax import Link, NounPhrase, Tok, part_of
+from pipeline.rules.syntax import NON_ATTRIBUTE_ADJECTIVES, QUANTITY_NOUNS, Link, NounPhrase, Tok, part_of
 
 Toks = tuple[Tok, ...]
 
@@ -59,14 +59,31 @@ class SwapTables(NamedTuple):
 
     sem: Semantics
     gender: dict[str, str]
+    #: spatial prepositions ``relation_swap`` may exchange -> their meaning group (synonyms such as
+    #: "near" / "next to" share one: exchanging them changes nothing)
+    prep_group: dict[str, int]
 
 
 _DEFAULT: list[SwapTables] = []
 
 
+#: spatial prepositions the lexicon's relation table does not list but captions use ("at" is mostly a
+#: verb's target, "looking at"; "between" and "among" need a plural object)
+_MORE_PREPS = ("across", "along", "around", "through", "against", "past")
+
+
 def swap_tables(sem: Semantics | None = None) -> SwapTables:
-    """The tables for ``sem`` (the packaged classes when None) and the lexicon's genders."""
-    return SwapTables(sem if sem is not None else load_semantics(), dict(load_lexicon().gender))
+    """The tables for ``sem`` (the packaged classes when None) and the lexicon's genders and
+    spatial prepositions."""
+    lex = load_lexicon()
+    groups: dict[str, int] = {}
+    for n, group in enumerate(lex.relation_synonyms):
+        for w in group:
+            groups[w] = n
+    for w in (*lex.relations, *_MORE_PREPS):
+        if w not in groups:
+            groups[w] = len(groups) + 1000
+    return SwapTables(sem if sem is not None else load_semantics(), dict(lex.gender), groups)
 
 
 def tables_of(res: Resources) -> SwapTables:
@@ -244,6 +261,8 @@ def _unit(toks: Toks, start: int, end: int, sem: Semantics) -> Unit:
         return Unit(start, end, "count", words)
     if words and all(w in _COUNT_WORDS for w in words):
         return Unit(start, end, "count", words)
+    if words and all(w in NON_ATTRIBUTE_ADJECTIVES for w in words):
+        return Unit(start, end, "quantifier", words)  # "their own bowl", "different varieties": not attributes
     types = {sem.modifier_type.get(w, "other") for w in words if not (w in sem.shades and len(words) > 1)}
     if len(types) == 1:
         return Unit(start, end, types.pop(), words)
@@ -493,6 +512,10 @@ def relation_swap(parsed: ParsedCaption, res: Resources) -> list[Edit]:
             continue  # b is inside a's "of" complement: not two separate objects
         if any(part_of(toks, q, a) for q in parsed.phrases):
             continue  # a completes another phrase ("a bouquet of | flowers"): moving it leaves "a bouquet of" behind
+        if _completes_of(toks, a) or _completes_of(toks, b):
+            continue  # "a lot of | fruits": moving the fruits leaves "a lot of" behind
+        if _coordinated(toks, parsed.children, a) or _coordinated(toks, parsed.children, b):
+            continue  # "fruits and vegetables are on the stove": one conjunct alone cannot take the other's place
         if slots is None:
             slots = _slots(parsed, sem)
         sa, sb = slots[link.a], slots[link.b]
@@ -531,7 +554,83 @@ def relation_swap(parsed: ParsedCaption, res: Resources) -> list[Edit]:
                 pairs_new=new,
             )
         )
+    edits += preposition_exchanges(parsed, tables.prep_group, sem)
     return edits
+
+
+#: classes whose "in" means wearing, not a place ("a man in a red shirt", "a woman in green")
+_WORN = frozenset({"clothing", "accessory"})
+
+
+def preposition_exchanges(parsed: ParsedCaption, prep_group: dict[str, int], sem: Semantics) -> list[Edit]:
+    """Exchange two spatial prepositions of one caption (rule ``preposition``): every noun stays
+    where it is and the relations between them change ("a cat sitting on a chair next to a table"
+    -> "a cat sitting next to a chair on a table").
+
+    No class table vouches for the new relations, so only the plausibility score ranks and
+    filters these (the family's floor); prepositions of one meaning group ("near" / "next to"),
+    "of", and an "in" of wearing ("a man in green", "in a red shirt") are never exchanged.
+    """
+    toks = parsed.toks
+    spans: list[tuple[int, int, str]] = []
+    seen: set[int] = set()
+    for p in parsed.deps:
+        if p.via < 0 or p.via in seen or not p.rel.startswith("p:"):
+            continue
+        words = p.rel[2:]
+        if words not in prep_group:
+            continue
+        seen.add(p.via)
+        obj = parsed.lemmas[p.d]
+        if words == "in" and (sem.class_of(obj) in _WORN or sem.modifier_type.get(obj) == "colour"):
+            continue
+        spans.append((p.via, p.via_end, words))
+    if len(spans) < 2:
+        return []
+    spans.sort()
+    out: list[Edit] = []
+    lem = parsed.lemmas
+    for (s1, e1, w1), (s2, e2, w2) in combinations(spans, 2):
+        if e1 > s2 or prep_group[w1] == prep_group[w2]:
+            continue
+        t1, t2 = span_words(toks, s1, e1), span_words(toks, s2, e2)
+        old: list[tuple[str, str, str]] = []
+        new: list[tuple[str, str, str]] = []
+        for p in parsed.deps:
+            if p.via == s1 or p.via == s2:
+                key = pair_key(p, lem)
+                old.append(key)
+                new.append(("p:" + (w2 if p.via == s1 else w1), key[1], key[2]))
+        out.append(
+            Edit(
+                family="relation_swap",
+                rule="preposition",
+                replacements=(Replacement(s1, e1, t2), Replacement(s2, e2, t1)),
+                items=(t1.lower(), t2.lower()),
+                pairs_old=tuple(old),
+                pairs_new=tuple(new),
+            )
+        )
+    return out
+
+
+def _completes_of(toks: Toks, p: NounPhrase) -> bool:
+    """Whether ``p`` is the object of the "of" of a quantity or kind word that no phrase holds ("a
+    lot of", "a kind of"); a frame ("an image of") or a multi-word preposition ("in front of") does
+    not count."""
+    t = toks[p.head]
+    if t.dep != "pobj" or toks[t.head].lower != "of":
+        return False
+    owner = toks[toks[t.head].head]
+    return owner.lower in QUANTITY_NOUNS and owner.i < p.start
+
+
+def _coordinated(toks: Toks, children: tuple[tuple[int, ...], ...], p: NounPhrase) -> bool:
+    """Whether ``p``'s noun is one conjunct of a coordination of nouns."""
+    t = toks[p.head]
+    if t.dep == "conj" and toks[t.head].pos in ("NOUN", "PROPN"):
+        return True
+    return any(toks[c].dep == "conj" and toks[c].pos in ("NOUN", "PROPN") for c in children[p.head])
 
 
 def _moved_with(toks: Toks, p: NounPhrase, end: int, reps: list[Replacement]) -> str:
