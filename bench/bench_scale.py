@@ -2,7 +2,8 @@
 
 Runs ``hardneg generate`` (the CLI, as a user does) as a child process per variant and samples the
 resident memory of its whole process tree (driver, worker processes, and for Ray its own daemons
-and actors) every 0.5 s; reports the peak of the tree and of the driver process alone:
+and actors) every 0.5 s; reports the peak of the tree and of the driver process alone (and, with
+``--pss``, of the tree's PSS: that sampling reads every process's smaps, which costs CPU):
 
   local  x25k / x400k   the local engine, 2 worker processes
   ray    x25k / x400k   the Ray engine, 2 actors, a local Ray instance of 2 CPUs
@@ -12,11 +13,14 @@ image names made distinct (400,160 captions), written under --workdir (never int
 Printed side by side, with the issue's targets:
   memory: peak(400k) - peak(25k) <= 100 MiB, for the local tree and for the Ray driver
   speed:  rate(ray, 25k) / rate(local, 25k) >= 0.75, the rate of Ray without ``ray.init`` (reported beside)
+With ``--rounds N`` the variants run N times in alternation and the summary uses medians (a shared
+machine's load drifts; alternating rounds keep the ratio fair).
 
 Needs psutil (installed with ``hardneg[all]``) and, for the Ray variants, ``hardneg[ray]``.
 
   python bench/bench_scale.py [--captions ../shared/data/coco_karpathy_test.json] [--repeat 16]
                               [--variants local:25k,local:400k,ray:25k,ray:400k] [--workdir /tmp/hardneg-bench-scale]
+                              [--rounds 1] [--pss]
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -61,9 +66,9 @@ class TreeSampler(threading.Thread):
     of the tree's PSS (shared pages split between the processes sharing them: forked workers share
     most of the driver's pages, which a sum of RSS counts once per process)."""
 
-    def __init__(self, pid: int, every: float = 0.5) -> None:
+    def __init__(self, pid: int, every: float = 0.5, pss: bool = False) -> None:
         super().__init__(daemon=True)
-        self.proc, self.every = psutil.Process(pid), every
+        self.proc, self.every, self.pss = psutil.Process(pid), every, pss
         self.peak_tree = self.peak_driver = self.peak_pss = 0
 
     def run(self) -> None:
@@ -77,7 +82,8 @@ class TreeSampler(threading.Thread):
             for p in procs:
                 try:
                     tree += p.memory_info().rss
-                    pss += p.memory_full_info().pss
+                    if self.pss:
+                        pss += p.memory_full_info().pss
                 except (psutil.NoSuchProcess, psutil.AccessDenied, AttributeError):
                     pass
             self.peak_tree, self.peak_driver = max(self.peak_tree, tree), max(self.peak_driver, driver)
@@ -85,7 +91,7 @@ class TreeSampler(threading.Thread):
             time.sleep(self.every)
 
 
-def run_variant(engine: str, source: Path, workdir: Path, workers: int, sets: list[str]) -> dict:
+def run_variant(engine: str, source: Path, workdir: Path, workers: int, sets: list[str], pss: bool) -> dict:
     out, man = workdir / f"out-{engine}-{source.stem}", workdir / "manifests"
     shutil.rmtree(out, ignore_errors=True)
     name = f"bench-{engine}-{source.stem}"
@@ -96,7 +102,7 @@ def run_variant(engine: str, source: Path, workdir: Path, workers: int, sets: li
         cmd += ["--set", s]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(workdir / f"{name}.log", "w"))
-    sampler = TreeSampler(proc.pid)
+    sampler = TreeSampler(proc.pid, pss=pss)
     sampler.start()
     rc = proc.wait()
     wall = time.perf_counter() - t0
@@ -122,27 +128,34 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/hardneg-bench-scale"))
     ap.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY=VALUE",
                     help="a config override for every variant (e.g. plausibility.sample_captions=25010)")
+    ap.add_argument("--rounds", type=int, default=1, help="run the variants this many times, alternating")
+    ap.add_argument("--pss", action="store_true", help="also sample the tree's PSS (costs CPU while sampling)")
     args = ap.parse_args()
     inputs = write_inputs(args.captions, args.repeat, args.workdir)
-    results: dict[tuple[str, str], dict] = {}
-    for v in args.variants.split(","):
-        engine, size = v.split(":")
-        r = results[(engine, size)] = run_variant(engine, inputs[size], args.workdir, args.workers, args.sets)
-        print(f"{engine:5s} {size:>5s}: {r['rows']:7d} rows  {r['wall']:7.1f} s wall  {r['rate']:6.1f} captions/s"
-              f"  (ray.init {r['init']:.1f} s)  peak tree {r['tree_mib']:7.0f} MiB  driver {r['driver_mib']:6.0f} MiB"
-              f"  tree PSS {r['pss_mib']:6.0f} MiB",
-              flush=True)
-    print()
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for _ in range(args.rounds):
+        for v in args.variants.split(","):
+            engine, size = v.split(":")
+            r = run_variant(engine, inputs[size], args.workdir, args.workers, args.sets, args.pss)
+            runs.setdefault((engine, size), []).append(r)
+            print(f"{engine:5s} {size:>5s}: {r['rows']:7d} rows  {r['wall']:7.1f} s wall  {r['rate']:6.1f} captions/s"
+                  f"  (ray.init {r['init']:.1f} s)  peak tree {r['tree_mib']:7.0f} MiB  driver {r['driver_mib']:6.0f} MiB"
+                  + (f"  tree PSS {r['pss_mib']:6.0f} MiB" if args.pss else ""), flush=True)
+    results = {k: {f: statistics.median(r[f] for r in rs) for f in rs[0]} for k, rs in runs.items()}
+    print(f"\nmedians of {args.rounds} round(s):" if args.rounds > 1 else "")
     for engine in ("local", "ray"):
         a, b = results.get((engine, "25k")), results.get((engine, "400k"))
         if a and b:
             print(f"{engine:5s} memory growth 25k -> 400k: tree {b['tree_mib'] - a['tree_mib']:+7.0f} MiB,"
-                  f" driver {b['driver_mib'] - a['driver_mib']:+6.0f} MiB, tree PSS {b['pss_mib'] - a['pss_mib']:+6.0f} MiB"
-                  "   (target <= +100 MiB)")
+                  f" driver {b['driver_mib'] - a['driver_mib']:+6.0f} MiB"
+                  + (f", tree PSS {b['pss_mib'] - a['pss_mib']:+6.0f} MiB" if args.pss else "") + "   (target <= +100 MiB)")
     loc, ray = results.get(("local", "25k")), results.get(("ray", "25k"))
     if loc and ray:
-        print(f"speed on 25k: ray / local = {ray['rate'] / loc['rate']:.2f}  (target >= 0.75; "
-              f"ray.init {ray['init']:.1f} s timed apart; with it: {ray['rows'] / ray['total'] / loc['rate']:.2f})")
+        rounds = zip(runs[("local", "25k")], runs[("ray", "25k")])
+        per_round = ", ".join(f"{r['rate'] / lr['rate']:.2f}" for lr, r in rounds)
+        print(f"speed on 25k: ray / local = {ray['rate'] / loc['rate']:.2f} (ratio of medians; per round: {per_round})"
+              f"  (target >= 0.75; ray.init {ray['init']:.1f} s timed apart; with it:"
+              f" {ray['rows'] / ray['total'] / loc['rate']:.2f})")
 
 
 if __name__ == "__main__":

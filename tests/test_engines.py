@@ -369,21 +369,44 @@ def test_engine_flags_map_onto_the_config(tmp_path):
         build_parser().parse_args(["generate", "-i", "c.jsonl", "--engine", "spark"])
 
 
-@pytest.mark.parametrize("source", ["coco", "bad_rows", "grouped"])
-def test_the_ray_statistics_pass_aggregates_to_the_local_pass_1(tmp_path, source):
-    """Blocks, their summaries (the map) and the driver's aggregation, run without Ray: the same
-    skips, examples, plan, sample threshold and grouping verdict as the local pass 1, with blocks
-    of 7 items so that images and runs straddle block boundaries."""
-    pytest.importorskip("pyarrow")
-    from pipeline.engines import ray_engine
+# ----------------------------------------------------------------------------- the worker pool
 
-    src = {"coco": lambda: write_coco(tmp_path / "captions_val2014.json", images=20),
-           "bad_rows": lambda: FIXTURES / "bad_rows.jsonl", "grouped": lambda: FIXTURES / "captions.jsonl"}[source]()
-    cfg = config(tmp_path, src, shard_size=8, stats_sample=30, max_chars=200)
-    local = streaming.scan_source(cfg, tmp_path / "a")
-    b = streaming.ScanBuilder(cfg, tmp_path / "b")
-    for block in ray_engine._raw_blocks(cfg, 7):
-        ray_engine.add_summaries(b, ray_engine._summarize(block))
-    ray_scan = b.finish(local.read_seconds)
-    assert ray_scan == local
-    assert local.skipped or source != "bad_rows"  # the bad rows are really there
+
+def test_the_pool_forks_its_workers_before_the_source_is_read(tmp_path, monkeypatch):
+    """Forked from a parent that holds nothing of the input: no worker carries a copy of pass 1's
+    bookkeeping, so their memory does not grow with the input."""
+    import multiprocessing as mp
+
+    seen = []
+    real_scan = gen_mod.scan_source
+
+    def scan(cfg, work):
+        seen.append(len(mp.active_children()))
+        return real_scan(cfg, work)
+
+    monkeypatch.setattr(gen_mod, "scan_source", scan)
+    m = generate(config(tmp_path, FIXTURES / "captions.jsonl", workers=2, shard_size=8))
+    assert seen == [2] and m.rows == 22
+    assert mp.active_children() == []  # and shut down with the run
+
+
+def test_the_driver_holds_at_most_limit_tasks_of_a_pool():
+    from concurrent.futures import Future
+
+    class Pool:  # runs each task when it is submitted
+        def submit(self, fn, task):
+            f: Future = Future()
+            f.set_result(fn(task))
+            return f
+
+    produced, collected, ahead = [], [], []
+
+    def tasks():
+        for i in range(10):
+            produced.append(i)
+            ahead.append(len(produced) - len(collected))
+            yield i
+
+    gen_mod._submit_bounded(Pool(), lambda t: t * 10, tasks(), 3, collected.append)
+    assert sorted(collected) == [i * 10 for i in range(10)]
+    assert max(ahead) == 3  # never more than `limit` tasks between the source and the results

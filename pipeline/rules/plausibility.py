@@ -344,6 +344,9 @@ class PairTables(NamedTuple):
 #: weight of the class back-off's expected count, and the count every pair starts from
 BACKOFF_WEIGHT = 1.0
 PRIOR_COUNT = 0.5
+#: entries of each of a :class:`Scorer`'s memos before it starts afresh: a worker scores the edits
+#: of every caption it is given, so an unbounded memo grows with the input's vocabulary
+MEMO_LIMIT = 1 << 16
 _NUMBERS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve")
 
 
@@ -405,7 +408,8 @@ def compile_pair_tables(
 
 
 class Scorer:
-    """Smoothed log2 counts of pairs under :class:`PairTables`, memoised per worker.
+    """Smoothed log2 counts of pairs under :class:`PairTables`, memoised per worker (each memo
+    bounded by :data:`MEMO_LIMIT` entries).
 
     The smoothed count of a pair is its own count, plus the count its classes lead one to expect
     (the class pair's count times each word's share of its class in that role), plus a prior:
@@ -442,6 +446,8 @@ class Scorer:
         share_d = (t.dep_word.get((rel, d), 0) + 0.5) / (t.dep_class.get((rel, cd), 0) + 1.0)
         expected = t.class_pairs.get((rel, ch, cd), 0) * share_h * share_d
         got = (t.pairs.get(key, 0), expected)
+        if len(self._memo) >= MEMO_LIMIT:
+            self._memo.clear()
         self._memo[key] = got
         return got
 
@@ -450,6 +456,8 @@ class Scorer:
             v = self._log0.get(key)
             if v is None:
                 c, expected = self._parts(key)
+                if len(self._log0) >= MEMO_LIMIT:
+                    self._log0.clear()
                 v = self._log0[key] = math.log2(c + BACKOFF_WEIGHT * expected + PRIOR_COUNT)
             return v
         c, expected = self._parts(key)
