@@ -150,8 +150,13 @@ class GenerateConfig:
     shard_size: int = 1000
     row_group_size: int = 1000
     #: output settings below do not change the data, so they are left out of the config hash
+    #: a folder, or an fsspec URL (``s3://bucket/negatives``, ``gs://...``): a URL's dataset is built
+    #: in ``stage_dir`` and uploaded when complete, the manifest last
     out: str = "data/negatives"
     manifest_dir: str = "manifests"
+    #: local folder where a URL output is built (and resumed) before the upload; None:
+    #: ``.hardneg-staging/<name>`` in the working directory
+    stage_dir: str | None = None
     workers: int = 1
     #: enrich replace families from WordNet when its data is installed (see docs/stage1.md), and
     #: give the swap families the WordNet class of nouns the curated classes miss
@@ -160,13 +165,15 @@ class GenerateConfig:
     #: corpus statistics come from this many captions at most: those with the smallest seeded hash
     #: of their id (all captions when there are no more; see docs/scale.md)
     stats_sample: int = 1_000_000
-    #: local (process pool, bounded memory) | ray (Ray Data); both write the same rows
+    #: local (process pool, bounded memory) | ray (a pool of Ray actors); both write the same rows
     engine: str = "local"
     stream: StreamConfig = field(default_factory=StreamConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
     #: fields that never change the shard contents
-    NON_DATA_FIELDS: ClassVar[tuple[str, ...]] = ("out", "manifest_dir", "workers", "engine", "stream", "ray")
+    NON_DATA_FIELDS: ClassVar[tuple[str, ...]] = (
+        "out", "manifest_dir", "stage_dir", "workers", "engine", "stream", "ray",
+    )
 
     def validate(self) -> None:
         unknown = [f for f in self.families if f not in ALL_FAMILIES]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import functools
 import gc
 import json
@@ -449,9 +450,22 @@ def run_identity(cfg: GenerateConfig, input_fp: str, model: str) -> dict[str, An
     return identity
 
 
+def is_url(out: str) -> bool:
+    """Whether ``out`` names a remote fsspec location (``s3://``, ``gs://``, ``memory://``...) rather
+    than a local folder (a plain path or ``file://``)."""
+    return "://" in out and not out.startswith("file://")
+
+
 def generate(cfg: GenerateConfig) -> Manifest:
-    """Run stage 1 and return the manifest (also written to ``manifests/<name>.json``)."""
+    """Run stage 1 and return the manifest (also written to ``manifests/<name>.json``).
+
+    ``cfg.out`` may be an fsspec URL: the dataset is then built in a local staging folder (which a
+    rerun resumes) and uploaded once complete (:func:`_generate_to_url`)."""
     cfg.validate()
+    if is_url(cfg.out):
+        return _generate_to_url(cfg)
+    if cfg.out.startswith("file://"):
+        cfg = dataclasses.replace(cfg, out=cfg.out[len("file://"):])
     missing = [f for f in cfg.families if f not in available_families()]
     if missing:
         raise ConfigError(f"families {missing} are not implemented yet; available: {available_families()}")
@@ -567,6 +581,33 @@ def generate(cfg: GenerateConfig) -> Manifest:
     )
     write_json_atomic(manifest.to_dict(), out / "manifest.json")
     write_json_atomic(manifest.to_dict(), mpath)  # written last: its presence means the run completed
+    return manifest
+
+
+def _generate_to_url(cfg: GenerateConfig) -> Manifest:
+    """Build the dataset in a local staging folder, then upload it to the URL ``cfg.out``.
+
+    The upload copies the shards and the state file first and ``manifest.json`` last, each object
+    whole, so a reader that finds the manifest at the URL finds every shard it lists. The staging
+    folder stays (a rerun of the same config finds it complete and uploads again; a killed run
+    resumes there); with ``engine: ray`` on several nodes it must be a folder every node sees.
+    """
+    import fsspec
+
+    url = cfg.out.rstrip("/")
+    stage = Path(cfg.stage_dir) if cfg.stage_dir else Path(".hardneg-staging") / cfg.name
+    manifest = generate(dataclasses.replace(cfg, out=str(stage)))
+    manifest.output_dir = url
+    write_json_atomic(manifest.to_dict(), stage / "manifest.json")
+    fs, root = fsspec.core.url_to_fs(url)
+    files = sorted(p for p in stage.rglob("*") if p.is_file() and not p.relative_to(stage).parts[0].startswith(".partial-"))
+    files.sort(key=lambda p: p.name == "manifest.json")  # the manifest last
+    log.info("uploading %d files from %s to %s", len(files), stage, url)
+    for p in files:
+        rel = p.relative_to(stage).as_posix()
+        fs.makedirs(f"{root}/{rel}".rsplit("/", 1)[0], exist_ok=True)
+        fs.put_file(str(p), f"{root}/{rel}")
+    write_json_atomic(manifest.to_dict(), manifest_path(cfg))
     return manifest
 
 

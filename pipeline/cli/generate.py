@@ -74,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-column")
     p.add_argument("--limit", type=int, help="read at most this many captions")
     p.add_argument("--name", help="dataset name (manifest file name)")
-    p.add_argument("--out", "-o", help="output folder for the shards")
+    p.add_argument("--out", "-o", help="output folder for the shards, or an fsspec URL (s3://bucket/path)")
     p.add_argument("--manifest-dir", help="folder for <name>.json (default: manifests)")
     p.add_argument("--workers", "-j", type=int, help="parallel worker processes")
     p.add_argument("--k", type=int, help="max candidates per family per caption")
