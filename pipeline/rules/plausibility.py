@@ -30,7 +30,7 @@ import math
 from collections import Counter
 from typing import Iterable, Mapping, NamedTuple
 
-from pipeline.rules.syntax import POSITION_NOUNS, QUANTITY_NOUNS, RELATIONAL_NOUNS, Tok
+from pipeline.rules.syntax import POSITION_NOUNS, QUANTITY_NOUNS, RELATIONAL_NOUNS, Tok, of_object
 
 #: a dependency pair as counted: (relation, head lemma, dependent lemma)
 PairKey = tuple[str, str, str]
@@ -81,12 +81,8 @@ def _content(toks: tuple[Tok, ...], children: tuple[tuple[int, ...], ...], i: in
     -> "trees"), else ``i`` itself."""
     if toks[i].lower not in QUANTITY_NOUNS:
         return i
-    for c in children[i]:
-        if toks[c].dep == "prep" and toks[c].lower == "of":
-            for g in children[c]:
-                if toks[g].dep == "pobj" and toks[g].pos in _NOUN_POS:
-                    return g
-    return i
+    g = of_object(toks, children, i)
+    return i if g is None else g
 
 
 def _subject(toks: tuple[Tok, ...], children: tuple[tuple[int, ...], ...], verb: int) -> int:

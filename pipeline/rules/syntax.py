@@ -195,7 +195,7 @@ def noun_phrases(toks: tuple[Tok, ...], children: tuple[tuple[int, ...], ...]) -
         if (h.lower in RELATIONAL_NOUNS and has_of) or h.lower in POSITION_NOUNS or h.lower in GENERIC_NOUNS:
             continue
         if h.lower in QUANTITY_NOUNS and has_of:
-            obj = _of_object(toks, children, head)
+            obj = of_object(toks, children, head)
             inner = next((c for c in chunks[ci + 1 :] if c[2] == obj), None)
             if obj is not None and inner is not None and inner[0] == head + 2:
                 consumed.add(obj)
@@ -205,7 +205,8 @@ def noun_phrases(toks: tuple[Tok, ...], children: tuple[tuple[int, ...], ...]) -
     return phrases
 
 
-def _of_object(toks: tuple[Tok, ...], children: tuple[tuple[int, ...], ...], i: int) -> int | None:
+def of_object(toks: tuple[Tok, ...], children: tuple[tuple[int, ...], ...], i: int) -> int | None:
+    """The noun object of token ``i``'s "of" ("a group of | trees"), or None."""
     for c in children[i]:
         if toks[c].dep == "prep" and toks[c].lower == "of":
             for g in children[c]:
