@@ -60,13 +60,22 @@ def plot_coverage(report: dict[str, Any], path: Path) -> None:
     save_png(fig, path)
 
 
-def _grouped_bars(ax: Any, labels: list[str], series: dict[str, list[float]]) -> None:
+def _grouped_bars(
+    path: Path, labels: list[str], series: dict[str, list[float]], xlabel: str, ylabel: str, title: str
+) -> None:
+    """One bar per series at each label, side by side, saved as a PNG."""
+    fig = new_figure(7, 4)
+    ax = fig.add_subplot()
     n = max(1, len(series))
     width = 0.8 / n
     for i, (name, values) in enumerate(series.items()):
         ax.bar([x + (i - (n - 1) / 2) * width for x in range(len(labels))], values, width, label=name)
     ax.set_xticks(range(len(labels)), labels)
     ax.legend(fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    save_png(fig, path)
 
 
 def plot_candidates(report: dict[str, Any], path: Path) -> None:
@@ -75,13 +84,7 @@ def plot_candidates(report: dict[str, Any], path: Path) -> None:
     labels = [str(k) for k in range(kmax + 1)]
     rows = report["dataset"]["rows"] or 1
     series = {f: [100 * v["candidates_per_caption"].get(k, 0) / rows for k in labels] for f, v in fams.items()}
-    fig = new_figure(7, 4)
-    ax = fig.add_subplot()
-    _grouped_bars(ax, labels, series)
-    ax.set_xlabel("negatives of the family for a caption")
-    ax.set_ylabel("captions (%)")
-    ax.set_title("Candidates per caption")
-    save_png(fig, path)
+    _grouped_bars(path, labels, series, "negatives of the family for a caption", "captions (%)", "Candidates per caption")
 
 
 def length_bins(lc: dict[int, int]) -> list[int]:
@@ -100,13 +103,7 @@ def plot_length_change(tallies: dict[str, FamilyTally], fams: list[str], path: P
         bins = length_bins(tallies[f].length_change)
         total = sum(bins) or 1
         series[f] = [100 * b / total for b in bins]
-    fig = new_figure(7, 4)
-    ax = fig.add_subplot()
-    _grouped_bars(ax, labels, series)
-    ax.set_xlabel("negative length - positive length (words)")
-    ax.set_ylabel("negatives (%)")
-    ax.set_title("Length change")
-    save_png(fig, path)
+    _grouped_bars(path, labels, series, "negative length - positive length (words)", "negatives (%)", "Length change")
 
 
 def plot_skips_rejects(report: dict[str, Any], path: Path, has_manifest: bool) -> None:
