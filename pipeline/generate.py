@@ -595,11 +595,14 @@ def _generate_to_url(cfg: GenerateConfig) -> Manifest:
     import fsspec
 
     url = cfg.out.rstrip("/")
+    try:  # before any work: an unknown scheme or a missing filesystem package fails here
+        fs, root = fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as e:
+        raise ConfigError(f"out {cfg.out!r} is not a location fsspec can write to: {e}") from e
     stage = Path(cfg.stage_dir) if cfg.stage_dir else Path(".hardneg-staging") / cfg.name
     manifest = generate(dataclasses.replace(cfg, out=str(stage)))
     manifest.output_dir = url
     write_json_atomic(manifest.to_dict(), stage / "manifest.json")
-    fs, root = fsspec.core.url_to_fs(url)
     files = sorted(p for p in stage.rglob("*") if p.is_file() and not p.relative_to(stage).parts[0].startswith(".partial-"))
     files.sort(key=lambda p: p.name == "manifest.json")  # the manifest last
     log.info("uploading %d files from %s to %s", len(files), stage, url)

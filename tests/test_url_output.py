@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import GenerateConfig, SourceConfig
+from pipeline.core.errors import ConfigError
 from pipeline.generate import generate, is_url
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -58,3 +59,9 @@ def test_a_url_gets_the_rows_of_a_local_run_and_the_manifest_last(tmp_path, monk
     again = generate(_cfg(tmp_path, url))
     assert again.config_hash == manifest.config_hash and order[-1] == "manifest.json"
     fs.rm("/hardneg-test", recursive=True)
+
+
+def test_an_unknown_scheme_is_a_config_error_before_any_work(tmp_path):
+    with pytest.raises(ConfigError, match="'nosuchfs://b/x' is not a location fsspec can write to"):
+        generate(_cfg(tmp_path, "nosuchfs://b/x"))
+    assert not (tmp_path / "stage").exists()
