@@ -3,7 +3,8 @@
 Runs ``hardneg generate`` (the CLI, as a user does) as a child process per variant and samples the
 resident memory of its whole process tree (driver, worker processes, and for Ray its own daemons
 and actors) every 0.5 s; reports the peak of the tree and of the driver process alone (and, with
-``--pss``, of the tree's PSS: that sampling reads every process's smaps, which costs CPU):
+``--pss``, of the tree's PSS: that sampling reads every process's smaps, which costs CPU; with
+``--per-process``, of each process of the tree, and every sample written to ``<workdir>/<run>.rss.csv``):
 
   local  x25k / x400k   the local engine, 2 worker processes
   ray    x25k / x400k   the Ray engine, 2 actors, a local Ray instance of 2 CPUs
@@ -20,7 +21,7 @@ Needs psutil (installed with ``hardneg[all]``) and, for the Ray variants, ``hard
 
   python bench/bench_scale.py [--captions ../shared/data/coco_karpathy_test.json] [--repeat 16]
                               [--variants local:25k,local:400k,ray:25k,ray:400k] [--workdir /tmp/hardneg-bench-scale]
-                              [--rounds 1] [--pss]
+                              [--rounds 1] [--pss] [--per-process]
 """
 
 from __future__ import annotations
@@ -66,32 +67,50 @@ class TreeSampler(threading.Thread):
     of the tree's PSS (shared pages split between the processes sharing them: forked workers share
     most of the driver's pages, which a sum of RSS counts once per process)."""
 
-    def __init__(self, pid: int, every: float = 0.5, pss: bool = False) -> None:
+    def __init__(self, pid: int, every: float = 0.5, pss: bool = False, trace: Path | None = None) -> None:
         super().__init__(daemon=True)
         self.proc, self.every, self.pss = psutil.Process(pid), every, pss
         self.peak_tree = self.peak_driver = self.peak_pss = 0
+        #: pid -> peak RSS of each process the tree ever had (the driver's included)
+        self.peak_proc: dict[int, int] = {}
+        #: with ``trace``: one line per sample and process (seconds since start, pid, RSS in MiB)
+        self.trace = trace
 
     def run(self) -> None:
-        while True:
-            try:
-                procs = [self.proc, *self.proc.children(recursive=True)]
-                driver = self.proc.memory_info().rss
-            except psutil.NoSuchProcess:
-                return
-            tree = pss = 0
-            for p in procs:
+        t0 = time.perf_counter()
+        out = open(self.trace, "w", encoding="utf-8") if self.trace else None
+        try:
+            if out:
+                out.write("seconds,pid,rss_mib\n")
+            while True:
                 try:
-                    tree += p.memory_info().rss
-                    if self.pss:
-                        pss += p.memory_full_info().pss
-                except (psutil.NoSuchProcess, psutil.AccessDenied, AttributeError):
-                    pass
-            self.peak_tree, self.peak_driver = max(self.peak_tree, tree), max(self.peak_driver, driver)
-            self.peak_pss = max(self.peak_pss, pss)
-            time.sleep(self.every)
+                    procs = [self.proc, *self.proc.children(recursive=True)]
+                    driver = self.proc.memory_info().rss
+                except psutil.NoSuchProcess:
+                    return
+                tree = pss = 0
+                now = time.perf_counter() - t0
+                for p in procs:
+                    try:
+                        rss = p.memory_info().rss
+                        tree += rss
+                        self.peak_proc[p.pid] = max(self.peak_proc.get(p.pid, 0), rss)
+                        if out:
+                            out.write(f"{now:.1f},{p.pid},{rss / MIB:.1f}\n")
+                        if self.pss:
+                            pss += p.memory_full_info().pss
+                    except (psutil.NoSuchProcess, psutil.AccessDenied, AttributeError):
+                        pass
+                self.peak_tree, self.peak_driver = max(self.peak_tree, tree), max(self.peak_driver, driver)
+                self.peak_pss = max(self.peak_pss, pss)
+                time.sleep(self.every)
+        finally:
+            if out:
+                out.close()
 
 
-def run_variant(engine: str, source: Path, workdir: Path, workers: int, sets: list[str], pss: bool) -> dict:
+def run_variant(engine: str, source: Path, workdir: Path, workers: int, sets: list[str], pss: bool,
+                per_process: bool = False) -> dict:
     out, man = workdir / f"out-{engine}-{source.stem}", workdir / "manifests"
     shutil.rmtree(out, ignore_errors=True)
     name = f"bench-{engine}-{source.stem}"
@@ -102,7 +121,7 @@ def run_variant(engine: str, source: Path, workdir: Path, workers: int, sets: li
         cmd += ["--set", s]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(workdir / f"{name}.log", "w"))
-    sampler = TreeSampler(proc.pid, pss=pss)
+    sampler = TreeSampler(proc.pid, pss=pss, trace=workdir / f"{name}.rss.csv" if per_process else None)
     sampler.start()
     rc = proc.wait()
     wall = time.perf_counter() - t0
@@ -116,6 +135,8 @@ def run_variant(engine: str, source: Path, workdir: Path, workers: int, sets: li
         "rows": m["rows"], "wall": wall, "total": t["total_seconds"], "init": init,
         "rate": m["rows"] / (t["total_seconds"] - init),
         "tree_mib": sampler.peak_tree / MIB, "driver_mib": sampler.peak_driver / MIB, "pss_mib": sampler.peak_pss / MIB,
+        # the other processes' peaks, largest first (the local engine's workers; Ray's daemons and actors)
+        "others_mib": sorted((v / MIB for k, v in sampler.peak_proc.items() if k != proc.pid), reverse=True),
     }
 
 
@@ -130,18 +151,22 @@ def main() -> None:
                     help="a config override for every variant (e.g. plausibility.sample_captions=25010)")
     ap.add_argument("--rounds", type=int, default=1, help="run the variants this many times, alternating")
     ap.add_argument("--pss", action="store_true", help="also sample the tree's PSS (costs CPU while sampling)")
+    ap.add_argument("--per-process", action="store_true",
+                    help="also print each process's peak RSS and write every sample to <workdir>/<run>.rss.csv")
     args = ap.parse_args()
     inputs = write_inputs(args.captions, args.repeat, args.workdir)
     runs: dict[tuple[str, str], list[dict]] = {}
     for _ in range(args.rounds):
         for v in args.variants.split(","):
             engine, size = v.split(":")
-            r = run_variant(engine, inputs[size], args.workdir, args.workers, args.sets, args.pss)
+            r = run_variant(engine, inputs[size], args.workdir, args.workers, args.sets, args.pss, args.per_process)
             runs.setdefault((engine, size), []).append(r)
             print(f"{engine:5s} {size:>5s}: {r['rows']:7d} rows  {r['wall']:7.1f} s wall  {r['rate']:6.1f} captions/s"
                   f"  (ray.init {r['init']:.1f} s)  peak tree {r['tree_mib']:7.0f} MiB  driver {r['driver_mib']:6.0f} MiB"
-                  + (f"  tree PSS {r['pss_mib']:6.0f} MiB" if args.pss else ""), flush=True)
-    results = {k: {f: statistics.median(r[f] for r in rs) for f in rs[0]} for k, rs in runs.items()}
+                  + (f"  tree PSS {r['pss_mib']:6.0f} MiB" if args.pss else "")
+                  + (f"  others {' '.join(f'{m:.0f}' for m in r['others_mib'][:6])} MiB" if args.per_process else ""),
+                  flush=True)
+    results = {k: {f: statistics.median(r[f] for r in rs) for f in rs[0] if f != "others_mib"} for k, rs in runs.items()}
     print(f"\nmedians of {args.rounds} round(s):" if args.rounds > 1 else "")
     for engine in ("local", "ray"):
         a, b = results.get((engine, "25k")), results.get((engine, "400k"))
