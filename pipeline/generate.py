@@ -287,6 +287,48 @@ def _count_docs(
         nouns.update(lemmas[t.i] for t in toks if t.pos == "NOUN")
 
 
+@dataclass(frozen=True)
+class CorpusPlan:
+    """Which captions of a shard the corpus pass parses, and where it keeps their token tables:
+    all a task needs of the corpus pass (small and picklable, for a Ray read task)."""
+
+    folder: str
+    seed: int
+    threshold: int
+
+    def path(self, index: int) -> str:
+        return str(Path(self.folder) / f"part-{index:05d}.marshal")
+
+    def tasks(self, shards: Iterable[tuple[int, str, list[CaptionRecord]]]) -> Iterator[ShardTask]:
+        """One counting task per shard with sampled captions."""
+        for i, split, recs in shards:
+            ids = _sampled_ids(recs, self.seed, self.threshold)
+            sample = [r for r in recs if r.id in ids]
+            if sample:
+                yield ShardTask(i, split, sample, "", {}, corpus=self.path(i))
+
+
+def recount_kept(task: ShardTask) -> tuple[int, dict[tuple[str, str, str], int], list[str]] | None:
+    """A count task's result from the token tables an earlier (interrupted) run kept, without
+    parsing; None when there are none, or they are not this task's captions."""
+    assert task.corpus is not None
+    try:
+        with open(task.corpus, "rb") as f:
+            rows = marshal.load(f)
+    except (OSError, ValueError, EOFError):
+        return None
+    if [r[0] for r in rows] != [r.id for r in task.records]:
+        return None
+    counts: Counter = Counter()
+    nouns: set[str] = set()
+    for _, _, toks, children in rows:
+        tt = tuple([_new_tok(Tok, t) for t in toks])
+        lemmas = tuple([lemma_of(t) for t in tt])
+        counts.update([pair_key(p, lemmas) for p in dep_pairs(tt, children)])
+        nouns.update(lemmas[t.i] for t in tt if t.pos == "NOUN")
+    return task.index, dict(counts), sorted(nouns)
+
+
 class CorpusPass:
     """Plans the corpus pass, gathers the workers' counts and compiles the pair tables.
 
@@ -301,43 +343,24 @@ class CorpusPass:
         #: the negatives pass runs in this process (one worker): the tables stay in ``resources``;
         #: otherwise they go to the workers through :data:`RESOURCES_FILE` and leave this process
         self.in_process = in_process
-        self.folder = work / CORPUS_DIR
+        self.plan = CorpusPlan(str(work / CORPUS_DIR), cfg.seed, threshold)
         self.counts: Counter = Counter()
         self.nouns: set[str] = set()
         self.captions = 0
         self.distinct_pairs = 0
         self.resources_path: str | None = None
 
-    def corpus_path(self, index: int) -> str:
-        return str(self.folder / f"part-{index:05d}.marshal")
-
     def tasks(self, shards: Iterable[tuple[int, str, list[CaptionRecord]]]) -> Iterator[ShardTask]:
         """One counting task per shard with sampled captions (kept token tables are reused: a
         resumed run recounts them without parsing)."""
-        for i, split, recs in shards:
-            ids = _sampled_ids(recs, self.cfg.seed, self.threshold)
-            sample = [r for r in recs if r.id in ids]
-            if sample:
-                yield ShardTask(i, split, sample, "", {}, corpus=self.corpus_path(i))
+        return self.plan.tasks(shards)
 
     def recount(self, task: ShardTask) -> bool:
         """Count a shard whose token tables an earlier (interrupted) run kept; False if there are none."""
-        assert task.corpus is not None
-        try:
-            with open(task.corpus, "rb") as f:
-                rows = marshal.load(f)
-        except (OSError, ValueError, EOFError):
+        result = recount_kept(task)
+        if result is None:
             return False
-        if [r[0] for r in rows] != [r.id for r in task.records]:
-            return False
-        counts: Counter = Counter()
-        nouns: set[str] = set()
-        for _, _, toks, children in rows:
-            tt = tuple([_new_tok(Tok, t) for t in toks])
-            lemmas = tuple([lemma_of(t) for t in tt])
-            counts.update([pair_key(p, lemmas) for p in dep_pairs(tt, children)])
-            nouns.update(lemmas[t.i] for t in tt if t.pos == "NOUN")
-        self.add(task.index, dict(counts), sorted(nouns), len(rows))
+        self.add(*result, len(task.records))
         return True
 
     def add(self, index: int, counts: dict[tuple[str, str, str], int], nouns: list[str], n: int) -> None:
@@ -499,7 +522,8 @@ def generate(cfg: GenerateConfig) -> Manifest:
         if cfg.engine == "ray":
             from pipeline.engines.ray_engine import RayEngine
 
-            engine = stack.enter_context(contextlib.closing(RayEngine(cfg, work, _init_worker)))
+            fns = (_run_shard, _count_shard, recount_kept)  # what the actors run, and the recount
+            engine = stack.enter_context(contextlib.closing(RayEngine(cfg, work, _init_worker, fns)))
         elif cfg.workers > 1:
             pool = stack.enter_context(_worker_pool(cfg))
         scan = engine.scan_source() if engine else scan_source(cfg, work)
@@ -535,13 +559,18 @@ def generate(cfg: GenerateConfig) -> Manifest:
         todo_rows = sum(n for i, (_, n) in enumerate(plan) if i not in done)
         # the workers' resources: written now, or by the corpus pass with its tables
         res_file = None if in_process or corpus is not None else write_resources(resources, work)
-        make_task = functools.partial(_shard_task, paths, meta, corpus, res_file)
+        # shard i's task, given the resources file (the corpus pass's is known once it has run)
+        task_of = functools.partial(_shard_task, paths, meta, corpus.plan if corpus else None)
 
         log.info("rule modules: %s", _compiled.status()["reason"])
         t1 = time.perf_counter()
         if engine:  # the actors run this module's shard and corpus count functions
-            engine.run((_run_shard, _count_shard), make_task, done, todo_rows, corpus)
+            engine.run(task_of, res_file, done, todo_rows, corpus)
         else:
+
+            def make_task(i: int, split: str, recs: list[CaptionRecord]) -> ShardTask:
+                return task_of(corpus.resources_path if corpus else res_file, i, split, recs)
+
             tasks = (make_task(i, split, recs) for i, split, recs in stream if i not in done)
             count_tasks = corpus.tasks(stream) if corpus is not None else iter(())
             _run_tasks(cfg, resources, tasks, done, todo_rows, corpus, count_tasks, pool)
@@ -614,12 +643,11 @@ def _generate_to_url(cfg: GenerateConfig) -> Manifest:
     return manifest
 
 
-def _shard_task(paths: list[str], meta: dict[str, Any], corpus: CorpusPass | None, resources: str | None,
+def _shard_task(paths: list[str], meta: dict[str, Any], corpus: CorpusPlan | None, resources: str | None,
                 i: int, split: str, records: list[CaptionRecord]) -> ShardTask:
-    """The task of shard ``i``; its resources file is the corpus pass's once it has run."""
-    if corpus is None:
-        return ShardTask(i, split, records, paths[i], meta, resources=resources)
-    return ShardTask(i, split, records, paths[i], meta, corpus.corpus_path(i), corpus.resources_path)
+    """The task of shard ``i``: the token tables the corpus pass kept for it, the resources file
+    (the corpus pass's, with the pair tables, once it has run)."""
+    return ShardTask(i, split, records, paths[i], meta, corpus.path(i) if corpus else None, resources)
 
 
 def build_resources(cfg: GenerateConfig, records: Iterable[CaptionRecord]) -> Resources:

@@ -71,18 +71,27 @@ _ARRAYS = (list, JsonArray)
 # public API
 
 
-def iter_source(cfg: SourceConfig, *, stream_json: bool = False, unique_ids: bool = True) -> Iterator[Item]:
+def iter_source(cfg: SourceConfig, *, stream_json: bool = False, unique_ids: bool = True,
+                part: str | None = None) -> Iterator[Item]:
     """Yield one CaptionRecord or Skip per caption row of the source.
 
     Path and format problems raise at call time; content problems raise while iterating.
     ``stream_json`` reads COCO and Karpathy JSON documents element by element instead of loading
     them whole (:mod:`pipeline.core.jsonstream`; the same items, in bounded memory).
     ``unique_ids=False`` leaves the duplicate-id check, which holds every id, to the caller.
+    ``part`` (one of :func:`source_parts`) reads that part alone, with the ids, splits and skip
+    locations it has in the whole source.
     """
     if cfg.limit is not None and cfg.limit < 0:
         raise ConfigError(f"source.limit must be >= 0, got {cfg.limit}")
     fmt = _resolve_format(cfg)
     name = source_name(cfg)
+    if part is not None:
+        if fmt != "parquet" or cfg.limit is not None:
+            raise ConfigError(f"source {cfg.path} is read whole, not by part ({part!r})")
+        log.debug("reading part %s of %s", part, cfg.path)
+        items: Iterator[Item] = _read_parquet(cfg, name, only=part)
+        return _check_unique_ids(items) if unique_ids else items
     log.info("reading %s as %s (source name %r)", cfg.path, fmt, name)
     load: Callable[[str], Any] = lazy_json if stream_json else _load_json
     readers: dict[str, Callable[[SourceConfig, str], Iterator[Item]]] = {
@@ -97,10 +106,24 @@ def iter_source(cfg: SourceConfig, *, stream_json: bool = False, unique_ids: boo
     }
     if fmt in ("csv", "tsv") and cfg.format != fmt:
         cfg = _with_format(cfg, fmt)
-    items: Iterator[Item] = readers[fmt](cfg, name)
+    items = readers[fmt](cfg, name)
     if cfg.limit is not None:
         items = itertools.islice(items, cfg.limit)
     return _check_unique_ids(items) if unique_ids else items
+
+
+def source_parts(cfg: SourceConfig) -> list[str] | None:
+    """The parts of the source that can be read apart (``iter_source(..., part=p)``), in source
+    order: the files of a Parquet folder, whose ids and skip locations do not depend on the files
+    before them. None when the source is read whole (one file, a JSON document, a Hugging Face
+    dataset, or any source under ``limit``, which counts across files)."""
+    if cfg.limit is not None or _resolve_format(cfg) != "parquet":
+        return None
+    root = Path(cfg.path)
+    if not root.is_dir():
+        return None
+    files = _parquet_files(root)
+    return [f.relative_to(root).as_posix() for f in files] if len(files) > 1 else None
 
 
 def detect_format(path: str) -> str:
@@ -670,11 +693,13 @@ def _text_values(column: Any) -> list[Any]:
     return column.to_pylist()
 
 
-def _read_parquet(cfg: SourceConfig, name: str) -> Iterator[Item]:
+def _read_parquet(cfg: SourceConfig, name: str, only: str | None = None) -> Iterator[Item]:
+    """The items of a Parquet file or folder; ``only`` (a path relative to the folder) reads one of
+    its files, with the ids and splits it has in the whole folder."""
     import pyarrow.parquet as pq
 
     root = Path(cfg.path)
-    files = [root] if root.is_file() else _parquet_files(root)
+    files = [root] if root.is_file() else [root / only] if only is not None else _parquet_files(root)
     if not files:
         raise SourceError(f"{cfg.path}: no .parquet files found")
     for file in files:

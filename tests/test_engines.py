@@ -410,3 +410,32 @@ def test_the_driver_holds_at_most_limit_tasks_of_a_pool():
     gen_mod._submit_bounded(Pool(), lambda t: t * 10, tasks(), 3, collected.append)
     assert sorted(collected) == [i * 10 for i in range(10)]
     assert max(ahead) == 3  # never more than `limit` tasks between the source and the results
+
+
+_ACTOR_START = """
+import importlib.metadata as md, sys
+from pipeline.config import GenerateConfig, ParseConfig
+from pipeline.engines.ray_engine import _without_torch
+from pipeline.nlp import load_nlp
+real = md.requires
+md.requires = lambda name: ["spacy-transformers<1.4,>=1.3"] if name == "en_core_web_trf" else real(name)
+_without_torch(GenerateConfig(parse=ParseConfig(model="en_core_web_trf")))
+print("trf", "torch" in sys.modules)
+_without_torch(GenerateConfig())
+print("sm", sys.modules.get("torch", "absent"))
+print([t.dep_ for t in load_nlp(GenerateConfig().parse)("A cat sitting on a black mat.")])
+"""
+
+
+def test_a_ray_actor_skips_torch_only_when_its_spacy_pipeline_does_not_need_it():
+    # in a fresh process, as an actor starts (this one has imported torch long ago)
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _ACTOR_START], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parent.parent).stdout
+    assert out.splitlines() == [
+        "trf False",  # a transformer pipeline keeps torch (nothing imported it yet)
+        "sm None",  # the CNN pipeline: `import torch` now fails, thinc runs without it
+        "['det', 'ROOT', 'acl', 'prep', 'det', 'amod', 'pobj', 'punct']",  # as with torch
+    ]

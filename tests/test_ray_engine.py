@@ -1,4 +1,5 @@
-"""``engine: ray`` on a real local Ray instance: the local engine's rows, a killed actor, a failed driver.
+"""``engine: ray`` on a real local Ray instance: the local engine's rows, a killed actor, a failed
+driver, a source read by several read tasks.
 
 Skipped when Ray is not installed (``pip install 'hardneg[ray]'``; ``make test`` installs it).
 Three Ray runs in all, to keep the module well under a minute on two cores.
@@ -6,9 +7,11 @@ Three Ray runs in all, to keep the module well under a minute on two cores.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -16,8 +19,9 @@ ray = pytest.importorskip("ray", reason="the ray engine needs ray")
 
 from pipeline import generate as gen_mod  # noqa: E402
 from pipeline.config import GenerateConfig, RayConfig, SourceConfig, StreamConfig  # noqa: E402
-from pipeline.core.errors import ConfigError  # noqa: E402
+from pipeline.core.errors import ConfigError, SourceError  # noqa: E402
 from pipeline.generate import generate  # noqa: E402
+from pipeline.sources import source_parts  # noqa: E402
 from tests.test_engines import write_coco  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -78,8 +82,25 @@ def test_ray_engine_survives_a_killed_actor_and_writes_the_local_rows(tmp_path, 
     assert m.config_hash == local.config_hash  # the engine is not part of the data
 
 
+def write_parquet_folder(folder: Path, files: int) -> Path:
+    """The fixture captions as a folder of Parquet files, cut between images (a source the Ray
+    engine reads with a read task per file)."""
+    rows = [json.loads(line) for line in (FIXTURES / "captions.jsonl").read_text().splitlines() if line.strip()]
+    per = -(-len(rows) // files)
+    folder.mkdir()
+    start = 0
+    for k in range(files):
+        end = min(len(rows), start + per)
+        while 0 < end < len(rows) and rows[end]["image"] == rows[end - 1]["image"]:
+            end += 1
+        pq.write_table(pa.Table.from_pylist(rows[start:end]), folder / f"part-{k}.parquet")
+        start = end
+    return folder
+
+
 def test_a_failed_driver_rerun_does_not_redo_finished_shards(tmp_path, monkeypatch):
-    src = FIXTURES / "captions.jsonl"
+    src = write_parquet_folder(tmp_path / "captions", files=3)
+    assert len(source_parts(SourceConfig(path=str(src)))) == 3  # three read tasks
     monkeypatch.setattr(gen_mod, "_run_shard", _fails_on_the_last_shard)
     with pytest.raises(Exception, match="driver gone"):
         generate(config(tmp_path, src, "ray", "ray", actors=1))
@@ -92,6 +113,21 @@ def test_a_failed_driver_rerun_does_not_redo_finished_shards(tmp_path, monkeypat
     local = generate(config(tmp_path, src, "local", "local"))
     assert rows(tmp_path / "ray", m) == rows(tmp_path / "local", local)
     assert {s.path: s.sha256 for s in m.shards} == {s.path: s.sha256 for s in local.shards}
+
+
+def test_a_source_error_stops_the_ray_run_with_the_readers_message(tmp_path):
+    src = tmp_path / "d.jsonl"
+    rows = [{"id": f"r{i}", "image": f"{i}.jpg", "caption": f"A dog {i}."} for i in range(30)]
+    rows[20]["id"] = "r3"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = config(tmp_path, src, "ray", "ray", actors=1)
+    cfg.source.id_column = "id"
+    # the actors and the waiting read task started with the engine; the failed statistics pass
+    # closes them (the test would hang otherwise)
+    with pytest.raises(SourceError, match="duplicate id 'r3' \\(second time on caption 'A dog 20.'\\)"):
+        generate(cfg)
+    assert not list((tmp_path / "ray").rglob("*.parquet"))
+    assert ray.is_initialized()  # a Ray the engine did not start is left running
 
 
 def test_ray_engine_needs_ray_and_a_known_engine(tmp_path, monkeypatch):

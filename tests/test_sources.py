@@ -13,7 +13,7 @@ import pytest
 from pipeline.config import SourceConfig
 from pipeline.core.errors import ConfigError, SourceError
 from pipeline.records import CaptionRecord, Skip
-from pipeline.sources import detect_format, fingerprint, iter_source, source_name
+from pipeline.sources import detect_format, fingerprint, iter_source, source_name, source_parts
 
 # real COCO captions (val2014 image 391895 and 522418, train2014 image 318556)
 SURF = "A man riding a wave on top of a surfboard."
@@ -334,6 +334,27 @@ def test_parquet_folder_with_embedded_images(tmp_path: Path) -> None:
     assert (r1.id, r1.image_path, r1.image_bytes, r1.group) == ("part-0000:1", "b.jpg", None, "b.jpg")
     assert skips(items) == [("no_image", f"{folder / 'part-0001.parquet'}:record 0")]
     assert source_name(SourceConfig(path=str(folder) + "/")) == "shards"
+
+
+def test_parquet_folder_parts_read_apart_give_the_whole_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "shards"
+    (folder / "test").mkdir(parents=True)
+    pq.write_table(pa.table({"image": ["a.jpg", "a.jpg"], "caption": [MOPED, BIKE]}), folder / "part-0.parquet")
+    pq.write_table(pa.table({"image": ["b.jpg", None], "caption": [SURF, KNIFE]}), folder / "test" / "part-0.parquet")
+    cfg = SourceConfig(path=str(folder))
+    parts = source_parts(cfg)
+    assert parts == ["part-0.parquet", "test/part-0.parquet"]
+    apart = [item for part in parts for item in iter_source(cfg, part=part)]
+    assert apart == list(iter_source(cfg))  # same ids, splits and skip locations
+    assert [r.id for r in records(apart)] == ["part-0:0", "part-0:1", "test/part-0:0"]
+    assert [r.split for r in records(apart)] == ["train", "train", "test"]
+    assert skips(apart) == [("no_image", f"{folder / 'test' / 'part-0.parquet'}:record 1")]
+    # read whole: one file, a JSON document, or a limit (which counts across the files)
+    assert source_parts(SourceConfig(path=str(folder / "part-0.parquet"))) is None
+    assert source_parts(SourceConfig(path=str(folder), limit=3)) is None
+    assert source_parts(SourceConfig(path=str(Path(__file__).parent / "fixtures" / "captions.jsonl"))) is None
+    with pytest.raises(ConfigError, match="is read whole, not by part"):
+        iter_source(SourceConfig(path=str(Path(__file__).parent / "fixtures" / "captions.jsonl")), part="x")
 
 
 def test_parquet_missing_columns_and_invalid_utf8(tmp_path: Path) -> None:

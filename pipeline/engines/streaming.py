@@ -57,9 +57,10 @@ _FILTER_BITS = 1 << 27
 _SPILL_BYTES = 4 << 20
 
 
-def source_items(cfg: GenerateConfig) -> Iterator[Any]:
-    """The source's items read in bounded memory (JSON documents streamed, no in-memory id set)."""
-    return iter_source(cfg.source, stream_json=True, unique_ids=False)
+def source_items(cfg: GenerateConfig, part: str | None = None) -> Iterator[Any]:
+    """The source's items (or those of one of its parts, :func:`pipeline.sources.source_parts`)
+    read in bounded memory (JSON documents streamed, no in-memory id set)."""
+    return iter_source(cfg.source, stream_json=True, unique_ids=False, part=part)
 
 
 def read_kept(cfg: GenerateConfig, skipped: Counter | None = None, examples: list[str] | None = None) -> Iterator[CaptionRecord]:
