@@ -13,7 +13,8 @@ The inputs are the Karpathy test captions (25,010) and the same file repeated 16
 image names made distinct (400,160 captions), written under --workdir (never into the repository).
 Printed side by side, with the issue's targets:
   memory: peak(400k) - peak(25k) <= 100 MiB, for the local tree and for the Ray driver
-  speed:  rate(ray, 25k) / rate(local, 25k) >= 0.75, the rate of Ray without ``ray.init`` (reported beside)
+  speed:  rate(ray, 25k) / rate(local, 25k) >= 0.75, the rate of Ray without ``ray.init`` (reported beside;
+          also without ``ray.shutdown``, Ray's tear-down)
 With ``--rounds N`` the variants run N times in alternation and the summary uses medians (a shared
 machine's load drifts; alternating rounds keep the ratio fair).
 
@@ -130,10 +131,11 @@ def run_variant(engine: str, source: Path, workdir: Path, workers: int, sets: li
         raise SystemExit(f"{' '.join(cmd)} failed ({rc}); see {workdir / f'{name}.log'}")
     m = json.loads((man / f"{name}.json").read_text())
     t = m["timings"]
-    init = t.get("ray_init_seconds", 0.0)
+    init, down = t.get("ray_init_seconds", 0.0), t.get("ray_shutdown_seconds", 0.0)
     return {
-        "rows": m["rows"], "wall": wall, "total": t["total_seconds"], "init": init,
+        "rows": m["rows"], "wall": wall, "total": t["total_seconds"], "init": init, "down": down,
         "rate": m["rows"] / (t["total_seconds"] - init),
+        "rate_apart": m["rows"] / (t["total_seconds"] - init - down),
         "tree_mib": sampler.peak_tree / MIB, "driver_mib": sampler.peak_driver / MIB, "pss_mib": sampler.peak_pss / MIB,
         # the other processes' peaks, largest first (the local engine's workers; Ray's daemons and actors)
         "others_mib": sorted((v / MIB for k, v in sampler.peak_proc.items() if k != proc.pid), reverse=True),
@@ -162,7 +164,7 @@ def main() -> None:
             r = run_variant(engine, inputs[size], args.workdir, args.workers, args.sets, args.pss, args.per_process)
             runs.setdefault((engine, size), []).append(r)
             print(f"{engine:5s} {size:>5s}: {r['rows']:7d} rows  {r['wall']:7.1f} s wall  {r['rate']:6.1f} captions/s"
-                  f"  (ray.init {r['init']:.1f} s)  peak tree {r['tree_mib']:7.0f} MiB  driver {r['driver_mib']:6.0f} MiB"
+                  f"  (ray.init {r['init']:.1f} s, ray.shutdown {r['down']:.1f} s)  peak tree {r['tree_mib']:7.0f} MiB  driver {r['driver_mib']:6.0f} MiB"
                   + (f"  tree PSS {r['pss_mib']:6.0f} MiB" if args.pss else "")
                   + (f"  others {' '.join(f'{m:.0f}' for m in r['others_mib'][:6])} MiB" if args.per_process else ""),
                   flush=True)
@@ -180,7 +182,8 @@ def main() -> None:
         per_round = ", ".join(f"{r['rate'] / lr['rate']:.2f}" for lr, r in rounds)
         print(f"speed on 25k: ray / local = {ray['rate'] / loc['rate']:.2f} (ratio of medians; per round: {per_round})"
               f"  (target >= 0.75; ray.init {ray['init']:.1f} s timed apart; with it:"
-              f" {ray['rows'] / ray['total'] / loc['rate']:.2f})")
+              f" {ray['rows'] / ray['total'] / loc['rate']:.2f}; with ray.shutdown {ray['down']:.1f} s timed"
+              f" apart too: {ray['rate_apart'] / loc['rate']:.2f})")
 
 
 if __name__ == "__main__":

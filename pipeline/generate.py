@@ -583,8 +583,10 @@ def generate(cfg: GenerateConfig) -> Manifest:
                 "parsed_in": "actors" if engine else "workers",
             }
         generate_seconds = time.perf_counter() - t1
-        ray_timings = {"ray_init_seconds": round(engine.init_seconds, 3), "ray_actors": cfg.ray.actors} if engine else {}
 
+    # after the engine's close: a Ray it started is shut down (its start and stop are Ray's, not the run's)
+    ray_timings = {"ray_init_seconds": round(engine.init_seconds, 3), "ray_shutdown_seconds": round(engine.shutdown_seconds, 3),
+                   "ray_actors": cfg.ray.actors} if engine else {}
     shards = _publish(out, work, plan, done, run_hash, state)
     manifest = build_manifest(
         cfg=cfg,

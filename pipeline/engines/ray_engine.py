@@ -369,6 +369,7 @@ class RayEngine:
             else:
                 ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=False)
         self.init_seconds = time.perf_counter() - t0
+        self.shutdown_seconds = 0.0  # set by close, for a Ray this engine started
         log.info("Ray %s: %s CPUs (ray.init %.1fs)", ray.__version__, ray.cluster_resources().get("CPU"), self.init_seconds)
         self.ctx = DataContext.get_current()
         self._saved = (self.ctx.execution_options.preserve_order, self.ctx.target_max_block_size,
@@ -401,7 +402,10 @@ class RayEngine:
         if self.consumer is not None:  # done after a run; after a failure mid-pass, Ray's shutdown ends it
             self.consumer.join(timeout=5)
         if self.started:
+            t0 = time.perf_counter()
             self.ray.shutdown()
+            self.shutdown_seconds = time.perf_counter() - t0
+            log.info("Ray shut down in %.1fs", self.shutdown_seconds)
 
     @contextmanager
     def _closing_on_error(self) -> Iterator[None]:
