@@ -283,8 +283,19 @@ def _count_docs(
             lemmas = tuple([lemma_of(t) for t in toks])
             deps = dep_pairs(toks, children)
             rows.append((r.id, r.caption, [tuple(t) for t in toks], children))
-        counts.update([pair_key(d, lemmas) for d in deps])
-        nouns.update(lemmas[t.i] for t in toks if t.pos == "NOUN")
+        _tally(toks, lemmas, deps, counts, nouns)
+
+
+def _tally(toks: tuple[Tok, ...], lemmas: tuple[str, ...], deps: Iterable[Any], counts: Counter,
+           nouns: set[str]) -> None:
+    """Add one parsed caption to the corpus pass's counts: its dependency pairs, and its nouns."""
+    counts.update([pair_key(d, lemmas) for d in deps])
+    nouns.update(lemmas[t.i] for t in toks if t.pos == "NOUN")
+
+
+def _tally_tokens(toks: tuple[Tok, ...], children: Any, counts: Counter, nouns: set[str]) -> None:
+    """:func:`_tally` from a caption's token table alone."""
+    _tally(toks, tuple([lemma_of(t) for t in toks]), dep_pairs(toks, children), counts, nouns)
 
 
 @dataclass(frozen=True)
@@ -322,10 +333,7 @@ def recount_kept(task: ShardTask) -> tuple[int, dict[tuple[str, str, str], int],
     counts: Counter = Counter()
     nouns: set[str] = set()
     for _, _, toks, children in rows:
-        tt = tuple([_new_tok(Tok, t) for t in toks])
-        lemmas = tuple([lemma_of(t) for t in tt])
-        counts.update([pair_key(p, lemmas) for p in dep_pairs(tt, children)])
-        nouns.update(lemmas[t.i] for t in tt if t.pos == "NOUN")
+        _tally_tokens(tuple([_new_tok(Tok, t) for t in toks]), children, counts, nouns)
     return task.index, dict(counts), sorted(nouns)
 
 
@@ -437,17 +445,14 @@ def plausibility_resources(cfg: GenerateConfig, resources: Resources, records: l
 
 
 def driver_statistics(cfg: GenerateConfig, resources: Resources, threshold: int, sample: Iterable[CaptionRecord]) -> Counter:
-    """The corpus pass in this process (the ray engine's actors get the tables with their resources):
-    the sample is parsed here, then again by the actors."""
+    """The corpus pass over ``sample`` in this process, parsed here (the reference the engines'
+    tests compare the workers' and actors' counts with)."""
     nlp = load_nlp(cfg.parse)
     records = [r for r in sample if threshold == ALL or sample_hash(record_key(r.id, cfg.seed)) <= threshold]
     counts: Counter = Counter()
     nouns: set[str] = set()
     for doc in parse(nlp, [r.caption for r in records], cfg.parse.batch_size):
-        toks, children = tokens_of(doc)
-        lemmas = tuple([lemma_of(t) for t in toks])
-        counts.update([pair_key(p, lemmas) for p in dep_pairs(toks, children)])
-        nouns.update(lemmas[t.i] for t in toks if t.pos == "NOUN")
+        _tally_tokens(*tokens_of(doc), counts, nouns)
     resources.data.update(pair_tables(cfg, resources, counts, len(records), nouns))
     return counts
 

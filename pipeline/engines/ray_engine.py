@@ -217,9 +217,9 @@ def _records_of(table: Any) -> list[CaptionRecord]:
 class _TaskPlan:
     """What the task pipeline's read task needs (pickled once into it)."""
 
-    cfg: GenerateConfig
-    scan: SourceScan
-    scratch: str
+    #: the driver's shard stream: its plan travels with it, so the read task does not read a
+    #: scattered source's on-disk partitions again to plan
+    stream: ShardStream
     #: ``(resources_file, i, split, records) -> task``: the stage's shard task
     task_of: Callable[..., Any]
     #: the resources file when there is no corpus pass (else the ``resources`` gate hands it over)
@@ -252,7 +252,7 @@ def _task_rows(gates: Any) -> Iterator[Any]:
         return
     if plan is None:
         return
-    stream = ShardStream(plan.cfg, plan.scan, Path(plan.scratch))
+    stream = plan.stream
     resources = plan.resources
     if plan.corpus is not None:
         assert plan.recount is not None
@@ -492,11 +492,11 @@ class RayEngine:
         split, records)`` is the stage's task for a shard, ``resources`` the resources file when
         there is no corpus pass. Closes the engine (and a Ray instance it started) when it fails."""
         with self._closing_on_error():
-            assert self.scan is not None and self.gates is not None
+            assert self.stream is not None and self.gates is not None
             if corpus is None and not total:
                 self.ray.get(self.gates.release.remote("plan", None))
                 return
-            plan = _TaskPlan(self.cfg, self.scan, str(self.scratch), task_of, resources, frozenset(done),
+            plan = _TaskPlan(self.stream, task_of, resources, frozenset(done),
                              corpus.plan if corpus is not None else None, self.recount)
             self.ray.get(self.gates.release.remote("plan", plan))
             self._collect(done, total, corpus)
