@@ -131,6 +131,10 @@ class RayConfig:
     num_cpus: int | None = None
     #: restarts of an actor that died, and retries of the shard it was working on
     max_retries: int = 3
+    #: niceness of the worker processes (the actors) of a local Ray the engine starts. Ray's own
+    #: default, 15, leaves them only the CPU that normal-priority processes leave over (the local
+    #: engine's workers run at 0); a cluster that is joined keeps its own setting
+    worker_niceness: int = 0
 
 
 @dataclass
@@ -196,6 +200,8 @@ class GenerateConfig:
             raise ConfigError("stats_sample, stream.partition_rows and stream.in_flight must be >= 1")
         if self.ray.actors < 1 or self.ray.actor_cpus <= 0 or self.ray.max_retries < 0:
             raise ConfigError("ray.actors must be >= 1, ray.actor_cpus > 0 and ray.max_retries >= 0")
+        if not 0 <= self.ray.worker_niceness <= 19:
+            raise ConfigError(f"ray.worker_niceness must be in 0..19, got {self.ray.worker_niceness}")
 
     def data_dict(self) -> dict[str, Any]:
         """The resolved config minus fields that do not change the data."""

@@ -519,9 +519,10 @@ def generate(cfg: GenerateConfig) -> Manifest:
     # bounded memory: pass 1 counts and plans, pass 2 cuts shards as the source streams by
     # (pipeline/engines/streaming.py); no list of all records is ever built
     work = out / f".partial-{run_hash[:12]}"
-    # The workers (a process pool, or engine: ray's actors, pipeline/engines/ray_engine.py) start
-    # first: they load spaCy while this process reads, and a pool is forked from a parent that
-    # holds nothing of the input yet, so no worker carries a copy of what the passes below build.
+    # The pool's workers start first: they load spaCy while this process reads, and are forked
+    # from a parent that holds nothing of the input yet, so no worker carries a copy of what the
+    # passes below build. (engine: ray starts Ray here and its actors after the statistics pass,
+    # pipeline/engines/ray_engine.py.)
     with contextlib.ExitStack() as stack:
         engine = pool = None
         if cfg.engine == "ray":

@@ -46,6 +46,9 @@ def test_validate():
         GenerateConfig(families=["color_swap"], source=from_dict(GenerateConfig, {"source": {"path": "x"}}).source).validate()
     with pytest.raises(ConfigError, match="source.path is required"):
         GenerateConfig().validate()
+    ray_cfg = apply_overrides(GenerateConfig(), ["source.path=x", "engine=ray", "ray.worker_niceness=20"])
+    with pytest.raises(ConfigError, match=r"ray.worker_niceness must be in 0\.\.19, got 20"):
+        ray_cfg.validate()
 
 
 def test_hash_ignores_output_settings_only():

@@ -2,7 +2,7 @@
 driver, a source read by several read tasks.
 
 Skipped when Ray is not installed (``pip install 'hardneg[ray]'``; ``make test`` installs it).
-Three Ray runs in all, to keep the module well under a minute on two cores.
+Five Ray runs in all, to keep the module well under a minute on two cores.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ ray = pytest.importorskip("ray", reason="the ray engine needs ray")
 from pipeline import generate as gen_mod  # noqa: E402
 from pipeline.config import GenerateConfig, RayConfig, SourceConfig, StreamConfig  # noqa: E402
 from pipeline.core.errors import ConfigError, SourceError  # noqa: E402
+from pipeline.engines.ray_engine import RayEngine  # noqa: E402
 from pipeline.generate import generate  # noqa: E402
 from pipeline.sources import source_parts  # noqa: E402
 from tests.test_engines import write_coco  # noqa: E402
@@ -123,12 +124,47 @@ def test_a_source_error_stops_the_ray_run_with_the_readers_message(tmp_path):
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = config(tmp_path, src, "ray", "ray", actors=1)
     cfg.source.id_column = "id"
-    # the actors and the waiting read task started with the engine; the failed statistics pass
-    # closes them (the test would hang otherwise)
+    # the statistics pass fails, so the task pipeline never starts
     with pytest.raises(SourceError, match="duplicate id 'r3' \\(second time on caption 'A dog 20.'\\)"):
         generate(cfg)
     assert not list((tmp_path / "ray").rglob("*.parquet"))
     assert ray.is_initialized()  # a Ray the engine did not start is left running
+
+
+def _fails_to_count(task):
+    raise RuntimeError("parser gone")
+
+
+def test_a_failed_corpus_pass_tells_the_waiting_read_task_to_end(tmp_path, monkeypatch):
+    monkeypatch.setattr(gen_mod, "_count_shard", _fails_to_count)
+    with pytest.raises(Exception, match="parser gone"):
+        generate(config(tmp_path, FIXTURES / "captions.jsonl", "ray", "ray", actors=1))
+    # the gate the read task waits at after the count tasks: written empty (end), not left to hang
+    gates = list((tmp_path / "ray").glob(".partial-*/.ray-gate-*"))
+    assert [g.read_text() for g in gates] == [""]
+    assert not list((tmp_path / "ray").rglob("*.parquet"))
+    assert ray.is_initialized()
+
+
+def test_a_local_ray_the_engine_starts_gets_the_configured_worker_niceness(tmp_path, monkeypatch):
+    class Started(Exception):
+        pass
+
+    seen = {}
+
+    def init(**kw):
+        seen.update(kw)
+        raise Started
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    cfg = config(tmp_path, FIXTURES / "captions.jsonl", "ray", "ray")
+    cfg.ray.worker_niceness = 5
+    with pytest.raises(Started):
+        RayEngine(cfg, tmp_path / "work", gen_mod._init_worker, (None, None, None))
+    # Ray's own default is 15: the actors would yield the CPU to every normal process
+    assert seen["_system_config"] == {"worker_niceness": 5}
+    assert seen["num_cpus"] is None and seen["include_dashboard"] is False
 
 
 def test_ray_engine_needs_ray_and_a_known_engine(tmp_path, monkeypatch):

@@ -13,19 +13,20 @@ resume, the statistics, publishing the shards and the manifest. This engine supp
    counts, the shard plan, the statistics-sample threshold, the duplicate-id check. The statistics
    sample streams from the same Dataset, filtered by its hash threshold (:class:`RaySample`).
 2. **corpus and negatives passes**, one Ray Data pipeline, so that one pool of actors (each loading
-   the spaCy pipeline once) serves both. It starts with the engine, before the statistics pass, so
-   the actors load spaCy while the driver reads (a thread of the driver iterates it). It is
+   the spaCy pipeline once) serves both. It starts once the statistics pass is done (its read task
+   then reuses the worker process that read the source: on two cores, starting the actors
+   earlier cost a second reader process and a gate actor, more than the overlap gained). It is
    ``read_datasource`` of one read task that cuts the shards with the local engine's
    :class:`~pipeline.engines.streaming.ShardStream` (with the on-disk grouping when the source
    scatters an image's captions), then ``map_batches`` with the stateful actor class
-   :class:`_StageActor` on an ``ActorPoolStrategy``, then the driver. The read task waits at a
-   gate (an actor, :class:`_Gates`) for the stage's plan (the statistics pass's result, through the
-   object store once); then yields the corpus pass's count tasks and an end-of-corpus marker; then
-   waits at a second gate until the driver has summed the counts and written the run's resources
-   (with the compiled pair tables) to the work folder; then yields the shard tasks. The actors run the local
-   engine's count and shard functions, passed in by the stage (one implementation of the rules,
-   two engines); a shard task reuses the corpus pass's parses and writes the shard and its stats
-   file atomically; the driver collects one summary per shard.
+   :class:`_StageActor` on an ``ActorPoolStrategy``, then the driver. The read task gets the
+   stage's plan (the statistics pass's result) through the object store, put there once; it
+   yields the corpus pass's count tasks and an end-of-corpus marker; then waits at a gate (a file
+   of the work folder) until the driver has summed the counts and written the run's resources
+   (with the compiled pair tables) to the work folder; then yields the shard tasks. The actors
+   run the local engine's count and shard functions, passed in by the stage (one implementation of
+   the rules, two engines); a shard task reuses the corpus pass's parses and writes the shard and
+   its stats file atomically; the driver collects one summary per shard.
 
 Invariants:
 
@@ -35,8 +36,10 @@ Invariants:
   or Hugging Face dataset the driver can read. The actors may run on any node, so on a cluster the
   output folder (which holds the work folder: the corpus pass's token tables, the resources file)
   must be one every node sees (a shared filesystem).
-- No shard task exists before the resources file does: the read task yields none until the
-  ``resources`` gate opens, and it opens only once every count result has reached the driver.
+- No shard task exists before the resources file does: the read task yields none until the gate
+  file exists, and the driver writes it (with the resources file's path) only once every count
+  result has reached it. A run that fails first writes it empty, so the read task ends instead
+  of waiting; the gate's name is new for each run, so a killed run's gate never opens a rerun's.
 - Faults: an actor that dies is restarted by Ray and its task retried (``ray.max_retries`` times);
   a restarted actor loads the model and the resources file again, and a retried shard is written
   again, atomically, with the same bytes. A driver that dies leaves its finished shards; the rerun
@@ -48,13 +51,13 @@ Invariants:
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
 import pickle
-import queue
-import threading
 import time
+import uuid
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -66,6 +69,7 @@ from typing import Any
 from tqdm import tqdm
 
 from pipeline.config import GenerateConfig
+from pipeline.core.atomic import write_bytes_atomic
 from pipeline.core.errors import ConfigError
 from pipeline.engines.common import ALL, MAX_EXAMPLES, classify, record_key, sample_hash
 from pipeline.engines.streaming import ScanBuilder, ShardStream, SourceScan, source_items
@@ -85,6 +89,8 @@ _SOURCE_BLOCK_BYTES = 4 << 20
 _TASK_READ_CPUS = 0
 #: tasks an actor holds at a time: one running, one waiting, so an actor never waits for the driver
 _PER_ACTOR = 2
+#: how often the task pipeline's read task looks for the gate file
+_GATE_POLL_SECONDS = 0.02
 
 
 def import_ray() -> Any:
@@ -215,19 +221,22 @@ def _records_of(table: Any) -> list[CaptionRecord]:
 
 @dataclass
 class _TaskPlan:
-    """What the task pipeline's read task needs (pickled once into it)."""
+    """What the task pipeline's read task needs: put in the object store once by the driver."""
 
     #: the driver's shard stream: its plan travels with it, so the read task does not read a
     #: scattered source's on-disk partitions again to plan
     stream: ShardStream
     #: ``(resources_file, i, split, records) -> task``: the stage's shard task
     task_of: Callable[..., Any]
-    #: the resources file when there is no corpus pass (else the ``resources`` gate hands it over)
+    #: the resources file when there is no corpus pass (else the gate file hands it over)
     resources: str | None
     done: frozenset[int]
     #: the stage's corpus plan (``tasks(shards)``) and its recount of kept token tables, or None
     corpus: Any
     recount: Callable[[Any], Any] | None
+    #: the gate: a file of the work folder the driver writes, once every count is in, with the
+    #: resources file's path (empty: the run ended first); fresh per run
+    gate: str
 
 
 def _row(kind: str, index: int, n: int, payload: Any) -> Any:
@@ -237,23 +246,27 @@ def _row(kind: str, index: int, n: int, payload: Any) -> Any:
                      "blob": pa.array([pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)], pa.large_binary())})
 
 
-def _task_rows(gates: Any) -> Iterator[Any]:
-    """The read task of the task pipeline. It starts with the engine, before the statistics pass,
-    so the actors load spaCy meanwhile, and waits for the stage's plan (gate ``plan``; None: nothing
-    to do). Then: the corpus pass's count tasks (or, for token tables an interrupted run kept, their
-    counts), an end marker with their number, and, once gate ``resources`` opens with the resources
-    file, one task per shard still to do. One row per block, so Ray never splits a task and the
-    actors share the work."""
+def _wait_for_gate(gate: str) -> str:
+    """The resources file's path once the driver writes the gate ("" if the run ended first). The
+    read task runs on the driver's node (the datasource has no distributed reads), which sees the
+    file at once; a poll every 20 ms costs nothing next to parsing and, unlike a gate actor, no
+    process (measured on two cores: an actor's start was 0.5 s of CPU while the actors loaded spaCy)."""
+    while not os.path.exists(gate):
+        time.sleep(_GATE_POLL_SECONDS)
+    return Path(gate).read_text(encoding="utf-8")
+
+
+def _task_rows(plan_ref: Any) -> Iterator[Any]:
+    """The read task of the task pipeline: the corpus pass's count tasks (or, for token tables an
+    interrupted run kept, their counts), an end marker with their number, and, once the gate
+    holds the resources file, one task per shard still to do. One row per block, so Ray never
+    splits a task and the actors share the work."""
     import ray
 
-    try:
-        plan: _TaskPlan | None = ray.get(gates.wait.remote("plan"))
-    except ray.exceptions.RayActorError:  # the engine closed before its run (the stage failed)
-        return
-    if plan is None:
-        return
+    plan: _TaskPlan = ray.get(plan_ref)
     stream = plan.stream
     resources = plan.resources
+    shards: Iterator[tuple[int, str, list[CaptionRecord]]] = (s for s in stream if s[0] not in plan.done)
     if plan.corpus is not None:
         assert plan.recount is not None
         n = 0
@@ -266,30 +279,15 @@ def _task_rows(gates: Any) -> Iterator[Any]:
         # Ray Data (2.60) hands a read task's block on only once the task yields the next one or
         # ends: without a row after the marker, the marker would wait with the task, forever
         yield _row("flush", -1, 0, None)
-        resources = ray.get(gates.wait.remote("resources"))
-    for i, split, records in stream:
-        if i not in plan.done:
-            yield _row("shard", i, len(records), plan.task_of(resources, i, split, records))
-
-
-class _Gates:
-    """Named gates, each opening once with a value, for the read task that waits on them: ``plan``
-    (the stage's plan, or None: nothing to do) and ``resources`` (the resources file). One actor for
-    both: on a small machine every Ray process costs a Python start."""
-
-    def __init__(self) -> None:
-        import asyncio
-
-        self._open = {name: asyncio.Event() for name in ("plan", "resources")}
-        self._value: dict[str, Any] = {}
-
-    async def wait(self, name: str) -> Any:
-        await self._open[name].wait()
-        return self._value[name]
-
-    async def release(self, name: str, value: Any) -> None:
-        self._value[name] = value
-        self._open[name].set()
+        # the first shard is read while the driver compiles the counts (off the critical path)
+        first = next(shards, None)
+        resources = _wait_for_gate(plan.gate)
+        if not resources:  # the driver failed before the negatives pass
+            return
+        if first is not None:
+            shards = itertools.chain([first], shards)
+    for i, split, records in shards:
+        yield _row("shard", i, len(records), plan.task_of(resources, i, split, records))
 
 
 #: packages a spaCy pipeline needs torch for (transformer pipelines)
@@ -351,15 +349,16 @@ class _StageActor:
 class RayEngine:
     """The passes on Ray Data (see the module docstring); ``close`` leaves Ray as it was found.
 
-    ``fns`` is the stage's ``(shard_fn, count_fn, recount_fn)``: given now, because the actors
-    start now (with the task pipeline, which waits for :meth:`run`), while the driver reads."""
+    ``fns`` is the stage's ``(shard_fn, count_fn, recount_fn)``; ``init_fn`` loads a worker's
+    spaCy pipeline (the local engine's worker initializer, run once per actor)."""
 
     def __init__(self, cfg: GenerateConfig, scratch: Path, init_fn: Callable[[GenerateConfig], None],
                  fns: tuple[Any, Any, Any]) -> None:
         self.ray = ray = import_ray()
         from ray.data.context import DataContext
 
-        self.cfg, self.scratch = cfg, scratch
+        self.cfg, self.scratch, self.init_fn = cfg, scratch, init_fn
+        self.fns = {"shard": fns[0], "count": fns[1]}
         self.recount = fns[2]
         self.started = not ray.is_initialized()
         t0 = time.perf_counter()
@@ -367,7 +366,8 @@ class RayEngine:
             if cfg.ray.address:
                 ray.init(address=cfg.ray.address, include_dashboard=False, log_to_driver=False)
             else:
-                ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=False)
+                ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=False,
+                         _system_config={"worker_niceness": cfg.ray.worker_niceness})
         self.init_seconds = time.perf_counter() - t0
         self.shutdown_seconds = 0.0  # set by close, for a Ray this engine started
         log.info("Ray %s: %s CPUs (ray.init %.1fs)", ray.__version__, ray.cluster_resources().get("CPU"), self.init_seconds)
@@ -385,10 +385,8 @@ class RayEngine:
         self.scan: SourceScan | None = None
         self.stream: ShardStream | None = None
         self.closed = False
-        self.gates: Any = None
-        self.results: queue.Queue = queue.Queue()
-        self.consumer: threading.Thread | None = None
-        self._start_tasks(init_fn, {"shard": fns[0], "count": fns[1]})
+        #: the task pipeline's gate file while its read task may wait on it (see :meth:`run`)
+        self.gate: Path | None = None
 
     def close(self) -> None:
         if self.closed:
@@ -396,11 +394,10 @@ class RayEngine:
         self.closed = True
         (self.ctx.execution_options.preserve_order, self.ctx.target_max_block_size,
          self.ctx.enable_progress_bars, self.ctx.print_on_execution_start) = self._saved
-        if self.gates is not None:  # a read task still waiting on one ends instead of hanging
-            self.ray.kill(self.gates)
-            self.gates = None
-        if self.consumer is not None:  # done after a run; after a failure mid-pass, Ray's shutdown ends it
-            self.consumer.join(timeout=5)
+        if self.gate is not None:  # a read task still waiting at the gate ends instead of hanging
+            if not self.gate.exists():
+                write_bytes_atomic(b"", self.gate)
+            self.gate = None
         if self.started:
             t0 = time.perf_counter()
             self.ray.shutdown()
@@ -449,22 +446,19 @@ class RayEngine:
 
     # ----------------------------------------------------------------------- the task pipeline
 
-    def _start_tasks(self, init_fn: Callable[[GenerateConfig], None], fns: dict[str, Any]) -> None:
-        """Start the task pipeline now, its actors loading spaCy, its read task waiting at the
-        ``plan`` gate; a thread hands its output blocks to :meth:`run` (a Ray Data execution starts
-        when it is iterated, and the driver has the statistics pass to run meanwhile)."""
+    def _tasks(self, plan_ref: Any) -> Any:
+        """The task pipeline: one read task yielding the plan's tasks, then the actors."""
         ray, cfg = self.ray, self.cfg
-        self.gates = gates = ray.remote(num_cpus=0)(_Gates).remote()
         self.ctx.target_max_block_size = 1  # every task (one row) its own block
-        ds = ray.data.read_datasource(_datasource([lambda: _task_rows(gates)]), override_num_blocks=1,
+        ds = ray.data.read_datasource(_datasource([lambda: _task_rows(plan_ref)]), override_num_blocks=1,
                                       num_cpus=_TASK_READ_CPUS)
         with warnings.catch_warnings():
             # Ray 2.60 has no named parameter for an actor's restarts yet (the remote-args form is
             # deprecated for removal in 2.64); without them Ray would retry a crashing task forever
             warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
-            ds = ds.map_batches(
+            return ds.map_batches(
                 _StageActor,
-                fn_constructor_kwargs={"cfg": cfg, "init_fn": init_fn, "fns": fns},
+                fn_constructor_kwargs={"cfg": cfg, "init_fn": self.init_fn, "fns": self.fns},
                 batch_size=1,  # one task per call
                 batch_format="pyarrow",
                 compute=ray.data.ActorPoolStrategy(size=cfg.ray.actors, max_tasks_in_flight_per_actor=_PER_ACTOR),
@@ -472,46 +466,36 @@ class RayEngine:
                 max_restarts=cfg.ray.max_retries,
                 max_task_retries=cfg.ray.max_retries,
             )
-        results = self.results
-
-        def consume() -> None:
-            try:
-                for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-                    results.put(batch)
-                results.put(None)
-            except BaseException as e:  # handed to the driver, which raises it
-                results.put(e)
-
-        self.consumer = threading.Thread(target=consume, name="hardneg-ray-tasks", daemon=True)
-        self.consumer.start()
 
     def run(self, task_of: Callable[..., Any], resources: str | None, done: dict[int, Any], total: int,
             corpus: Any = None) -> None:
         """The corpus pass (when ``corpus``) and then every shard not in ``done``, on the task
         pipeline's actors; results go into ``corpus`` and ``done``. ``task_of(resources_file, i,
         split, records)`` is the stage's task for a shard, ``resources`` the resources file when
-        there is no corpus pass. Closes the engine (and a Ray instance it started) when it fails."""
-        with self._closing_on_error():
-            assert self.stream is not None and self.gates is not None
-            if corpus is None and not total:
-                self.ray.get(self.gates.release.remote("plan", None))
-                return
-            plan = _TaskPlan(self.stream, task_of, resources, frozenset(done),
-                             corpus.plan if corpus is not None else None, self.recount)
-            self.ray.get(self.gates.release.remote("plan", plan))
-            self._collect(done, total, corpus)
+        there is no corpus pass. Closes the engine (and a Ray instance it started) when it fails.
 
-    def _collect(self, done: dict[int, Any], total: int, corpus: Any) -> None:
+        The pipeline starts now, after the statistics pass, so its read task reuses the worker
+        process that read the source (on two cores a fresh one costs more than the actors gain by
+        loading spaCy beside the statistics pass; on a cluster they start on other nodes anyway)."""
+        with self._closing_on_error():
+            assert self.stream is not None
+            if corpus is None and not total:
+                return
+            self.scratch.mkdir(parents=True, exist_ok=True)
+            self.gate = self.scratch / f".ray-gate-{uuid.uuid4().hex}"
+            plan = _TaskPlan(self.stream, task_of, resources, frozenset(done),
+                             corpus.plan if corpus is not None else None, self.recount, str(self.gate))
+            self._collect(self._tasks(self.ray.put(plan)), done, total, corpus)
+            self.gate.unlink(missing_ok=True)
+            self.gate = None
+
+    def _collect(self, ds: Any, done: dict[int, Any], total: int, corpus: Any) -> None:
+        assert self.gate is not None
         counting, counted, expected = corpus is not None, 0, -1
         bar = tqdm(desc="corpus pass (ray)" if counting else "generate (ray)", unit=" captions",
                    total=None if counting else total, mininterval=2, smoothing=0.1)
         try:
-            while True:
-                batch = self.results.get()
-                if batch is None:
-                    break
-                if isinstance(batch, BaseException):
-                    raise batch
+            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                 for kind, i, n, blob in zip(*(batch.column(c).to_pylist() for c in ("kind", "index", "n", "blob"))):
                     if kind == "end":
                         expected = n
@@ -527,7 +511,7 @@ class RayEngine:
                         bar.update(n)
                     if counting and counted == expected:  # every count is in: compile, then the shards
                         corpus.finish()
-                        self.ray.get(self.gates.release.remote("resources", corpus.resources_path))
+                        write_bytes_atomic(corpus.resources_path.encode("utf-8"), self.gate)
                         counting = False
                         bar.close()
                         bar = tqdm(desc="generate (ray)", unit=" captions", total=total, smoothing=0.1)
