@@ -121,7 +121,8 @@ class RayConfig:
     """``engine: ray``: which Ray cluster, and how many actors. An actor's unit of work is a shard
     (``shard_size`` captions), as a worker process's is in the local engine."""
 
-    #: a cluster to join (``auto``, ``ray://head:10001``, ``head:6379``); None starts a local Ray
+    #: a cluster to join (``auto``, ``ray://head:10001``, ``head:6379``); None: Ray's ``RAY_ADDRESS``
+    #: if set, else a new local Ray
     address: str | None = None
     #: actors of the corpus pass and of the negatives pass; each loads the spaCy pipeline once
     actors: int = 2

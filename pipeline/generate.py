@@ -13,9 +13,9 @@ their token tables in the work folder and count their dependency pairs; the coun
 once, and the negatives pass reuses those token tables instead of parsing the captions again. So no
 caption is parsed twice by either engine (the ray engine runs the same count tasks on its actors).
 
-The workers (a process pool, or the ray engine's actors) start before the source is read: a pool is
-forked from a parent that holds nothing of the input yet, so its workers' memory does not grow with
-the input. The run's resources reach them as one pickle in the work folder (:data:`RESOURCES_FILE`),
+A process pool's workers start before the source is read: they are forked from a parent that holds
+nothing of the input yet, so their memory does not grow with the input (the ray engine's actors are
+fresh processes, started after its statistics pass). The run's resources reach them as one pickle in the work folder (:data:`RESOURCES_FILE`),
 loaded once per worker; the driver holds at most ``workers x stream.in_flight`` tasks at a time and
 frees the counts and pair tables once that file is written.
 """
@@ -209,8 +209,9 @@ def _sampled_ids(records: list[CaptionRecord], seed: int, threshold: int | None)
 
 
 def _worker_resources(task: ShardTask) -> Resources:
-    """The worker's resources: those of the file the task names, loaded once (a pool's workers and
-    the actors start before the run has built its resources and counted its corpus)."""
+    """The worker's resources: those of the file the task names, loaded once (a pool's workers
+    start before the run has built its resources, and neither they nor the actors can have the
+    corpus pass's tables before it has counted)."""
     if task.resources and _WORKER.get("resources_file") != task.resources:
         with open(task.resources, "rb") as f:
             _WORKER["resources"] = Resources(pickle.load(f))
@@ -518,7 +519,9 @@ def generate(cfg: GenerateConfig) -> Manifest:
 
     # bounded memory: pass 1 counts and plans, pass 2 cuts shards as the source streams by
     # (pipeline/engines/streaming.py); no list of all records is ever built
-    work = out / f".partial-{run_hash[:12]}"
+    # absolute: the Ray engine's read task and actors write here, and a joined cluster's worker
+    # processes do not share this process's working directory
+    work = out.absolute() / f".partial-{run_hash[:12]}"
     # The pool's workers start first: they load spaCy while this process reads, and are forked
     # from a parent that holds nothing of the input yet, so no worker carries a copy of what the
     # passes below build. (engine: ray starts Ray here and its actors after the statistics pass,

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -142,8 +144,22 @@ def test_a_failed_corpus_pass_tells_the_waiting_read_task_to_end(tmp_path, monke
     # the gate the read task waits at after the count tasks: written empty (end), not left to hang
     gates = list((tmp_path / "ray").glob(".partial-*/.ray-gate-*"))
     assert [g.read_text() for g in gates] == [""]
+    # and no read task is left running (Ray titles a worker process by its task: ray::Read_Source)
+    deadline = time.monotonic() + 20
+    while _read_tasks_running() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _read_tasks_running()
     assert not list((tmp_path / "ray").rglob("*.parquet"))
     assert ray.is_initialized()
+
+
+def _read_tasks_running() -> list[str]:
+    titles = []
+    for proc in psutil.process_iter(["cmdline"]):
+        title = " ".join(proc.info["cmdline"] or [])
+        if title.startswith("ray::Read"):
+            titles.append(title)
+    return titles
 
 
 def test_a_local_ray_the_engine_starts_gets_the_configured_worker_niceness(tmp_path, monkeypatch):
@@ -158,13 +174,21 @@ def test_a_local_ray_the_engine_starts_gets_the_configured_worker_niceness(tmp_p
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", init)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     cfg = config(tmp_path, FIXTURES / "captions.jsonl", "ray", "ray")
     cfg.ray.worker_niceness = 5
     with pytest.raises(Started):
         RayEngine(cfg, tmp_path / "work", gen_mod._init_worker, (None, None, None))
-    # Ray's own default is 15: the actors would yield the CPU to every normal process
-    assert seen["_system_config"] == {"worker_niceness": 5}
+    # a new local Ray even if `ray start` left one; Ray's own default niceness is 15, with which
+    # the actors would yield the CPU to every normal process
+    assert seen["address"] == "local" and seen["_system_config"] == {"worker_niceness": 5}
     assert seen["num_cpus"] is None and seen["include_dashboard"] is False
+    # Ray's RAY_ADDRESS (ray job submit, KubeRay) joins that cluster, whose settings are its own
+    seen.clear()
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.7:6379")
+    with pytest.raises(Started):
+        RayEngine(cfg, tmp_path / "work", gen_mod._init_worker, (None, None, None))
+    assert seen["address"] == "10.0.0.7:6379" and "_system_config" not in seen and "num_cpus" not in seen
 
 
 def test_ray_engine_needs_ray_and_a_known_engine(tmp_path, monkeypatch):

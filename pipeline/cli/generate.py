@@ -82,7 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--families", help="comma-separated family names")
     p.add_argument("--model", help="spaCy pipeline name (parse.model)")
     p.add_argument("--engine", choices=["local", "ray"], help="local (process pool) or ray (Ray Data; docs/scale.md)")
-    p.add_argument("--ray-address", help="Ray cluster to join (ray.address; default: start a local one)")
+    p.add_argument("--ray-address", help="Ray cluster to join (ray.address; default: RAY_ADDRESS if set, else start a local one)")
     p.add_argument("--actors", type=int, help="Ray actors of the negatives pass (ray.actors)")
     add_config_args(p, "generate")
     p.set_defaults(func=_generate)

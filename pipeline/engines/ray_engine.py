@@ -51,6 +51,7 @@ Invariants:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -253,7 +254,7 @@ class _TaskPlan:
     corpus: Any
     recount: Callable[[Any], Any] | None
     #: the gate: a file of the work folder the driver writes, once every count is in, with the
-    #: resources file's path (empty: the run ended first); fresh per run
+    #: resources file's path (empty: the run ended first); fresh per run ("" without a corpus pass)
     gate: str
 
 
@@ -267,8 +268,10 @@ def _row(kind: str, index: int, n: int, payload: Any) -> Any:
 def _wait_for_gate(gate: str) -> str:
     """The resources file's path once the driver writes the gate ("" if the run ended first). The
     read task runs on the driver's node (the datasource has no distributed reads), which sees the
-    file at once; a poll every 20 ms costs nothing next to parsing and, unlike a gate actor, no
-    process (measured on two cores: an actor's start was 0.5 s of CPU while the actors loaded spaCy)."""
+    file at once (a Ray Client driver elsewhere writes it through the shared work folder, whose
+    caching may delay it); a poll every 20 ms costs nothing next to parsing and, unlike a gate
+    actor, no process (measured on two cores: an actor's start was 0.5 s of CPU while the actors
+    loaded spaCy)."""
     while not os.path.exists(gate):
         time.sleep(_GATE_POLL_SECONDS)
     return Path(gate).read_text(encoding="utf-8")
@@ -375,16 +378,23 @@ class RayEngine:
         self.ray = ray = import_ray()
         from ray.data.context import DataContext
 
-        self.cfg, self.scratch, self.init_fn = cfg, scratch, init_fn
+        # read tasks run in Ray's worker processes, whose working directory is the cluster's, not
+        # this process's: a relative source path is made absolute (a Hub dataset id is left alone)
+        if cfg.source.path and Path(cfg.source.path).exists():
+            cfg = dataclasses.replace(cfg, source=dataclasses.replace(cfg.source, path=str(Path(cfg.source.path).absolute())))
+        self.cfg, self.scratch, self.init_fn = cfg, scratch.absolute(), init_fn
         self.fns = {"shard": fns[0], "count": fns[1]}
         self.recount = fns[2]
         self.started = not ray.is_initialized()
+        #: the cluster to join: ``ray.address``, else Ray's own ``RAY_ADDRESS`` (set by ``ray job
+        #: submit`` and KubeRay); None starts a new local Ray, even beside one ``ray start`` left
+        self.address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
         t0 = time.perf_counter()
         if self.started:
-            if cfg.ray.address:
-                ray.init(address=cfg.ray.address, include_dashboard=False, log_to_driver=False)
+            if self.address:
+                ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
             else:
-                ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=False,
+                ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=False,
                          _system_config={"worker_niceness": cfg.ray.worker_niceness})
         self.init_seconds = time.perf_counter() - t0
         self.shutdown_seconds = 0.0  # set by close, for a Ray this engine started
@@ -396,9 +406,10 @@ class RayEngine:
         self.ctx.enable_progress_bars = False  # the stage's own bars say more (captions, not blocks)
         self.ctx.print_on_execution_start = False
         self.parts: list[str | None] = list(source_parts(cfg.source) or [None])
-        #: source read tasks run beside the actors (reserving no CPU: the actors may hold them all)
-        #: on the driver's node, as many at a time as it has cores; a map over them takes the same
-        #: arguments, so Ray fuses it into the read task and no raw block enters the object store
+        #: source read tasks run on the driver's node, as many at a time as it has cores, reserving
+        #: no CPU (like the task pipeline's read task, which then reuses their worker process and
+        #: runs beside actors that may hold every CPU); a map over them takes the same arguments,
+        #: so Ray fuses it into the read task and no raw block enters the object store
         self.read_args = {"num_cpus": 0, "concurrency": max(1, min(len(self.parts), os.cpu_count() or 1))}
         self.scan: SourceScan | None = None
         self.stream: ShardStream | None = None
@@ -412,17 +423,21 @@ class RayEngine:
         self.closed = True
         (self.ctx.execution_options.preserve_order, self.ctx.target_max_block_size,
          self.ctx.enable_progress_bars, self.ctx.print_on_execution_start) = self._saved
-        if self.gate is not None:  # a read task still waiting at the gate ends instead of hanging
-            if not self.gate.exists():
-                write_bytes_atomic(b"", self.gate)
-            self.gate = None
+        gate, self.gate = self.gate, None
+        try:
+            if gate is not None and not gate.exists():  # a read task waiting at the gate ends instead of hanging
+                write_bytes_atomic(b"", gate)
+        except OSError as e:  # the run's own error matters more; Ray's shutdown ends the task
+            log.warning("could not close the task pipeline's gate %s: %s", gate, e)
         if self.started:
             t0 = time.perf_counter()
-            if not self.cfg.ray.address:
+            if not self.address:
                 stop_autoscaler_monitor(self.ray)
             self.ray.shutdown()
             self.shutdown_seconds = time.perf_counter() - t0
             log.info("Ray shut down in %.1fs", self.shutdown_seconds)
+            if gate is not None:  # no read task is left to see it
+                gate.unlink(missing_ok=True)
 
     @contextmanager
     def _closing_on_error(self) -> Iterator[None]:
@@ -501,16 +516,17 @@ class RayEngine:
             assert self.stream is not None
             if corpus is None and not total:
                 return
-            self.scratch.mkdir(parents=True, exist_ok=True)
-            self.gate = self.scratch / f".ray-gate-{uuid.uuid4().hex}"
+            if corpus is not None:  # the read task waits for the corpus pass's resources
+                self.scratch.mkdir(parents=True, exist_ok=True)
+                self.gate = self.scratch / f".ray-gate-{uuid.uuid4().hex}"
             plan = _TaskPlan(self.stream, task_of, resources, frozenset(done),
-                             corpus.plan if corpus is not None else None, self.recount, str(self.gate))
+                             corpus.plan if corpus is not None else None, self.recount, str(self.gate or ""))
             self._collect(self._tasks(self.ray.put(plan)), done, total, corpus)
-            self.gate.unlink(missing_ok=True)
-            self.gate = None
+            if self.gate is not None:
+                self.gate.unlink(missing_ok=True)
+                self.gate = None
 
     def _collect(self, ds: Any, done: dict[int, Any], total: int, corpus: Any) -> None:
-        assert self.gate is not None
         counting, counted, expected = corpus is not None, 0, -1
         bar = tqdm(desc="corpus pass (ray)" if counting else "generate (ray)", unit=" captions",
                    total=None if counting else total, mininterval=2, smoothing=0.1)
@@ -531,6 +547,7 @@ class RayEngine:
                         bar.update(n)
                     if counting and counted == expected:  # every count is in: compile, then the shards
                         corpus.finish()
+                        assert self.gate is not None
                         write_bytes_atomic(corpus.resources_path.encode("utf-8"), self.gate)
                         counting = False
                         bar.close()
