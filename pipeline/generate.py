@@ -15,9 +15,10 @@ caption is parsed twice by either engine (the ray engine runs the same count tas
 
 A process pool's workers start before the source is read: they are forked from a parent that holds
 nothing of the input yet, so their memory does not grow with the input (the ray engine's actors are
-fresh processes, started after its statistics pass). The run's resources reach them as one pickle in the work folder (:data:`RESOURCES_FILE`),
-loaded once per worker; the driver holds at most ``workers x stream.in_flight`` tasks at a time and
-frees the counts and pair tables once that file is written.
+fresh processes, started after its statistics pass). The run's resources reach them as one pickle
+in the work folder (:data:`RESOURCES_FILE`), loaded once per worker; the driver holds at most
+``workers x stream.in_flight`` tasks at a time and frees the counts and pair tables once that file
+is written.
 """
 
 from __future__ import annotations

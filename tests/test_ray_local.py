@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -19,22 +18,27 @@ ray = pytest.importorskip("ray", reason="the ray engine needs ray")
 from pipeline.config import GenerateConfig, RayConfig, SourceConfig  # noqa: E402
 from pipeline.engines.ray_engine import stop_autoscaler_monitor  # noqa: E402
 from pipeline.generate import generate  # noqa: E402
+from tests.test_engines import write_coco  # noqa: E402
 
-FIXTURES = Path(__file__).parent / "fixtures"
 
-
-def test_the_engine_starts_a_local_ray_writes_the_local_shards_and_shuts_it_down(tmp_path):
+def test_the_engine_starts_a_local_ray_writes_the_local_shards_and_shuts_it_down(tmp_path, monkeypatch):
     assert not ray.is_initialized()
+    monkeypatch.chdir(tmp_path)  # relative paths, as a user types them
+    write_coco(tmp_path / "captions_val2014.json", images=24)
 
     def cfg(out: str, engine: str) -> GenerateConfig:
-        return GenerateConfig(name="t", source=SourceConfig(path=str(FIXTURES / "captions.jsonl")),
-                              out=str(tmp_path / out), manifest_dir=str(tmp_path / "manifests"),
-                              engine=engine, shard_size=8, ray=RayConfig(actors=1, num_cpus=2))
+        return GenerateConfig(name="t", source=SourceConfig(path="captions_val2014.json"), out=out,
+                              manifest_dir="manifests", engine=engine, shard_size=8,
+                              ray=RayConfig(actors=1, num_cpus=2))
 
     local = generate(cfg("local", "local"))
     m = generate(cfg("ray", "ray"))
     assert not ray.is_initialized()  # the Ray it started is gone
     assert {s.path: s.sha256 for s in m.shards} == {s.path: s.sha256 for s in local.shards}
+    # skip locations name the source as given, whichever engine read it
+    assert m.skip_examples == local.skip_examples == [
+        "empty: captions_val2014.json:record 3", "not_string: captions_val2014.json:record 7",
+        "no_image: captions_val2014.json:record 120"]
     assert m.timings._extra["ray_init_seconds"] > 0 and m.timings._extra["ray_shutdown_seconds"] > 0
 
 

@@ -51,7 +51,6 @@ Invariants:
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import logging
@@ -254,8 +253,8 @@ class _TaskPlan:
     corpus: Any
     recount: Callable[[Any], Any] | None
     #: the gate: a file of the work folder the driver writes, once every count is in, with the
-    #: resources file's path (empty: the run ended first); fresh per run ("" without a corpus pass)
-    gate: str
+    #: resources file's path (empty: the run ended first); fresh per run; None without a corpus pass
+    gate: str | None
 
 
 def _row(kind: str, index: int, n: int, payload: Any) -> Any:
@@ -302,6 +301,7 @@ def _task_rows(plan_ref: Any) -> Iterator[Any]:
         yield _row("flush", -1, 0, None)
         # the first shard is read while the driver compiles the counts (off the critical path)
         first = next(shards, None)
+        assert plan.gate is not None
         resources = _wait_for_gate(plan.gate)
         if not resources:  # the driver failed before the negatives pass
             return
@@ -378,11 +378,9 @@ class RayEngine:
         self.ray = ray = import_ray()
         from ray.data.context import DataContext
 
-        # read tasks run in Ray's worker processes, whose working directory is the cluster's, not
-        # this process's: a relative source path is made absolute (a Hub dataset id is left alone)
-        if cfg.source.path and Path(cfg.source.path).exists():
-            cfg = dataclasses.replace(cfg, source=dataclasses.replace(cfg.source, path=str(Path(cfg.source.path).absolute())))
-        self.cfg, self.scratch, self.init_fn = cfg, scratch.absolute(), init_fn
+        # the source path is passed as given (the readers name skip locations by it, and both
+        # engines must write the same); ``scratch`` comes absolute from the stage
+        self.cfg, self.scratch, self.init_fn = cfg, scratch, init_fn
         self.fns = {"shard": fns[0], "count": fns[1]}
         self.recount = fns[2]
         self.started = not ray.is_initialized()
@@ -520,7 +518,8 @@ class RayEngine:
                 self.scratch.mkdir(parents=True, exist_ok=True)
                 self.gate = self.scratch / f".ray-gate-{uuid.uuid4().hex}"
             plan = _TaskPlan(self.stream, task_of, resources, frozenset(done),
-                             corpus.plan if corpus is not None else None, self.recount, str(self.gate or ""))
+                             corpus.plan if corpus is not None else None, self.recount,
+                             str(self.gate) if self.gate else None)
             self._collect(self._tasks(self.ray.put(plan)), done, total, corpus)
             if self.gate is not None:
                 self.gate.unlink(missing_ok=True)
