@@ -32,7 +32,9 @@ import itertools
 import json
 import logging
 import re
+import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +46,15 @@ from pipeline.records import CaptionRecord, Skip
 log = logging.getLogger(__name__)
 
 FORMATS = ("coco", "karpathy", "csv", "tsv", "jsonl", "parquet", "hf")
+#: formats whose sources can be read in parts (:func:`source_parts`)
+_PART_FORMATS = ("csv", "tsv", "jsonl", "parquet")
 
 #: open_clip's default csv/tsv column names, used when the configured ones are absent
 OPEN_CLIP_COLUMNS = {"image": "filepath", "caption": "title"}
 
 _CHUNK = 1 << 20
+#: a CSV/TSV header line longer than this is not looked for (the file is then read whole, not in parts)
+_MAX_HEADER = 1 << 20
 _JSON_SUFFIXES = {".json"}
 _JSONL_SUFFIXES = {".jsonl", ".ndjson"}
 _SPLIT_TOKENS = {
@@ -72,7 +78,7 @@ _ARRAYS = (list, JsonArray)
 
 
 def iter_source(cfg: SourceConfig, *, stream_json: bool = False, unique_ids: bool = True,
-                part: str | None = None) -> Iterator[Item]:
+                part: SourcePart | None = None) -> Iterator[Item]:
     """Yield one CaptionRecord or Skip per caption row of the source.
 
     Path and format problems raise at call time; content problems raise while iterating.
@@ -80,17 +86,24 @@ def iter_source(cfg: SourceConfig, *, stream_json: bool = False, unique_ids: boo
     them whole (:mod:`pipeline.core.jsonstream`; the same items, in bounded memory).
     ``unique_ids=False`` leaves the duplicate-id check, which holds every id, to the caller.
     ``part`` (one of :func:`source_parts`) reads that part alone, with the ids, splits and skip
-    locations it has in the whole source.
+    locations it has in the whole source; its duplicate-id check then sees that part alone (the
+    Ray engine checks the whole source's ids on its driver).
     """
     if cfg.limit is not None and cfg.limit < 0:
         raise ConfigError(f"source.limit must be >= 0, got {cfg.limit}")
     fmt = _resolve_format(cfg)
     name = source_name(cfg)
     if part is not None:
-        if fmt != "parquet" or cfg.limit is not None:
-            raise ConfigError(f"source {cfg.path} is read whole, not by part ({part!r})")
+        parquet_part = part.file is not None
+        if cfg.limit is not None or fmt not in _PART_FORMATS or parquet_part != (fmt == "parquet"):
+            raise ConfigError(f"source {cfg.path} is read whole, not by part ({part})")
         log.debug("reading part %s of %s", part, cfg.path)
-        items: Iterator[Item] = _read_parquet(cfg, name, only=part)
+        if fmt in ("csv", "tsv") and cfg.format != fmt:
+            cfg = _with_format(cfg, fmt)
+        items: Iterator[Item] = (
+            _read_parquet(cfg, name, only=part.file) if part.file is not None
+            else _read_jsonl(cfg, name, part) if fmt == "jsonl" else _read_delimited(cfg, name, part)
+        )
         return _check_unique_ids(items) if unique_ids else items
     log.info("reading %s as %s (source name %r)", cfg.path, fmt, name)
     load: Callable[[str], Any] = lazy_json if stream_json else _load_json
@@ -112,18 +125,112 @@ def iter_source(cfg: SourceConfig, *, stream_json: bool = False, unique_ids: boo
     return _check_unique_ids(items) if unique_ids else items
 
 
-def source_parts(cfg: SourceConfig) -> list[str] | None:
-    """The parts of the source that can be read apart (``iter_source(..., part=p)``), in source
-    order: the files of a Parquet folder, whose ids and skip locations do not depend on the files
-    before them. None when the source is read whole (one file, a JSON document, a Hugging Face
-    dataset, or any source under ``limit``, which counts across files)."""
-    if cfg.limit is not None or _resolve_format(cfg) != "parquet":
+@dataclass(frozen=True)
+class SourcePart:
+    """A piece of a source that reads alone (``iter_source(..., part=p)``) with the ids, splits and
+    skip locations it has in the whole source: a file of a Parquet folder (``file``, relative to
+    the folder), or the lines of a JSONL/CSV/TSV file from byte ``start`` to ``end`` (line starts),
+    the first of them line number ``line``. A CSV/TSV part holds data lines only; its reader takes
+    the header from the file's first line."""
+
+    file: str | None = None
+    start: int = 0
+    end: int = 0
+    line: int = 1
+
+    def __str__(self) -> str:
+        return self.file if self.file is not None else f"bytes {self.start}-{self.end} (line {self.line})"
+
+
+#: a line-based file is cut into parts of about this many bytes (Ray Data's blocks are 128 MiB)
+PART_BYTES = 64 << 20
+
+
+def source_parts(cfg: SourceConfig, part_bytes: int | None = None) -> list[SourcePart] | None:
+    r"""The parts of the source that can be read apart, in source order, or None when it is read
+    whole (in one piece).
+
+    - a Parquet folder: its files (ids and skip locations name the file, not the files before it);
+    - a JSONL, CSV or TSV file larger than ``part_bytes`` (default :data:`PART_BYTES`): runs of
+      whole lines, found by one pass over the bytes that counts line ends. A CSV/TSV file is cut
+      only where each line is one row: no ``\r`` other than in ``\r\n`` (the csv module ends a
+      line there too) and, for CSV, no ``"`` (a quoted field may span lines). A TSV is read
+      unquoted, so its quotes do not matter.
+
+    A JSON document, a Hugging Face dataset and any source under ``limit`` (which counts across
+    the whole source) are read whole.
+    """
+    fmt = _resolve_format(cfg)
+    if cfg.limit is not None or fmt not in _PART_FORMATS:
         return None
     root = Path(cfg.path)
-    if not root.is_dir():
+    if fmt == "parquet":
+        if not root.is_dir():
+            return None
+        files = _parquet_files(root)
+        return [SourcePart(file=f.relative_to(root).as_posix()) for f in files] if len(files) > 1 else None
+    return _line_parts(root, fmt, part_bytes or PART_BYTES)
+
+
+def _line_parts(path: Path, fmt: str, part_bytes: int) -> list[SourcePart] | None:
+    """Cut a line-based file at the first line start after every ``part_bytes`` bytes; None when the
+    file is one part or cannot be cut (see :func:`source_parts`)."""
+    if not path.is_file() or path.stat().st_size <= part_bytes:
         return None
-    files = _parquet_files(root)
-    return [f.relative_to(root).as_posix() for f in files] if len(files) > 1 else None
+    try:
+        return _cut_lines(path, fmt, part_bytes)
+    except OSError as e:
+        raise SourceError(f"cannot read {path}: {e}") from e
+
+
+def _one_row_per_line(chunk: bytes, fmt: str) -> bool:
+    """Whether the csv module reads each line of ``chunk`` (whole ``\r\n`` pairs) as one row."""
+    if fmt not in ("csv", "tsv"):
+        return True
+    return chunk.count(b"\r") == chunk.count(b"\r\n") and not (fmt == "csv" and b'"' in chunk)
+
+
+def _cut_lines(path: Path, fmt: str, part_bytes: int) -> list[SourcePart] | None:
+    t0 = time.perf_counter()
+    size = path.stat().st_size
+    parts: list[SourcePart] = []
+    with path.open("rb") as f:
+        start, first = 0, 1  # the part being cut: its first byte and the number of its first line
+        if fmt in ("csv", "tsv"):  # parts hold data lines; the header line is read by every part
+            header = f.readline(_MAX_HEADER)
+            if not header.endswith(b"\n") or not _one_row_per_line(header, fmt):
+                return None
+            start, first = len(header), 2
+        pos, line, target = start, first, start + part_bytes  # ``line``: the number of the line at ``pos``
+        carry = b""
+        while True:
+            chunk = carry + f.read(_CHUNK)
+            carry = b""
+            if not chunk:
+                break
+            if chunk.endswith(b"\r"):  # keep \r\n in one chunk for the check below
+                more = f.read(1)
+                chunk, carry = (chunk + more, b"") if more == b"\n" else (chunk, more)
+            if not _one_row_per_line(chunk, fmt):
+                log.info("%s: not cut into parts (a CSV quote or a bare \\r: a row may span lines)", path)
+                return None
+            while target < pos + len(chunk):
+                nl = chunk.find(b"\n", max(0, target - pos))
+                if nl < 0:
+                    break
+                cut = pos + nl + 1
+                if cut < size:
+                    parts.append(SourcePart(start=start, end=cut, line=first))
+                    start, first = cut, line + chunk.count(b"\n", 0, nl + 1)
+                target = cut + part_bytes
+            line += chunk.count(b"\n")
+            pos += len(chunk)
+    if not parts:
+        return None
+    parts.append(SourcePart(start=start, end=size, line=first))
+    log.info("%s: %d parts of about %d MiB (%d line ends, cut in %.1fs)", path, len(parts), part_bytes >> 20,
+             line - 1, time.perf_counter() - t0)
+    return parts
 
 
 def detect_format(path: str) -> str:
@@ -600,33 +707,66 @@ def _karpathy_original(
 # line-based: jsonl, csv/tsv
 
 
-def _read_jsonl(cfg: SourceConfig, name: str) -> Iterator[Item]:
+def _open_source(path: str) -> Any:
+    try:
+        return open(path, "rb")
+    except OSError as e:
+        raise SourceError(f"cannot read {path}: {e}") from e
+
+
+def _span_lines(f: Any, part: SourcePart) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) for the lines of a part of the open binary file ``f``."""
+    f.seek(part.start)
+    pos, lineno = part.start, part.line
+    while pos < part.end:
+        raw = f.readline()
+        if not raw:
+            return
+        yield lineno, raw
+        pos += len(raw)
+        lineno += 1
+
+
+def _jsonl_record(raw: bytes, lineno: int, where: str) -> dict[str, Any] | None:
+    """The object on a JSONL line, None for a blank line."""
+    line = raw.decode("utf-8", "surrogateescape")
+    if lineno == 1:
+        line = line.lstrip("\ufeff")
+    if not line.strip():
+        return None
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise SourceError(f"{where}: not valid JSON (column {e.colno}: {e.msg})") from None
+    if not isinstance(rec, dict):
+        raise SourceError(f"{where}: expected a JSON object, got {type(rec).__name__}: {rec!r:.80}")
+    return rec
+
+
+def _read_jsonl(cfg: SourceConfig, name: str, part: SourcePart | None = None) -> Iterator[Item]:
+    """A JSONL file's items; ``part`` reads those of some of its lines, with the columns the file's
+    first record decides (as when it is read whole)."""
     path = cfg.path
     stem = Path(path).stem
     split = _default_split(cfg, path)
-    image_col = caption_col = ""
-    first = True
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise SourceError(f"cannot read {path}: {e}") from e
-    with f:
-        for lineno, raw in enumerate(f, 1):
-            line = raw.decode("utf-8", "surrogateescape")
-            if lineno == 1:
-                line = line.lstrip("\ufeff")
-            if not line.strip():
-                continue
+    columns: tuple[str, str] | None = None
+    with _open_source(path) as f:
+        if part is not None and part.start > 0:  # the file's first record decides the columns
+            for lineno, raw in enumerate(f, 1):
+                where = f"{path}:{lineno}"
+                rec = _jsonl_record(raw, lineno, where)
+                if rec is not None:
+                    columns = _resolve_columns(cfg, rec.keys(), where)
+                    break
+        lines = enumerate(f, 1) if part is None else _span_lines(f, part)
+        for lineno, raw in lines:
             where = f"{path}:{lineno}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SourceError(f"{where}: not valid JSON (column {e.colno}: {e.msg})") from None
-            if not isinstance(rec, dict):
-                raise SourceError(f"{where}: expected a JSON object, got {type(rec).__name__}: {rec!r:.80}")
-            if first:
-                image_col, caption_col = _resolve_columns(cfg, rec.keys(), where)
-                first = False
+            rec = _jsonl_record(raw, lineno, where)
+            if rec is None:
+                continue
+            if columns is None:
+                columns = _resolve_columns(cfg, rec.keys(), where)
+            image_col, caption_col = columns
             if cfg.id_column:
                 if cfg.id_column not in rec:
                     raise SourceError(f"{where}: no {cfg.id_column!r}; keys found: {sorted(rec)}")
@@ -637,19 +777,34 @@ def _read_jsonl(cfg: SourceConfig, name: str) -> Iterator[Item]:
                              source=name, split=split)
 
 
-def _read_delimited(cfg: SourceConfig, name: str) -> Iterator[Item]:
+def _read_delimited(cfg: SourceConfig, name: str, part: SourcePart | None = None) -> Iterator[Item]:
+    """A CSV/TSV file's items; ``part`` reads those of some of its lines (each line one row, see
+    :func:`source_parts`) under the file's header."""
     path = cfg.path
     delimiter = "\t" if cfg.format == "tsv" else ","
     stem = Path(path).stem
     split = _default_split(cfg, path)
-    try:
-        f = open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")
-    except OSError as e:
-        raise SourceError(f"cannot read {path}: {e}") from e
+    f: Any
+    if part is None:
+        try:
+            f = open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        except OSError as e:
+            raise SourceError(f"cannot read {path}: {e}") from e
+    else:
+        f = _open_source(path)
+    #: the part's lines follow the header in the reader, so its line 2 is the part's first line;
+    #: ``offset`` turns the reader's line number into the file's (0 while it reads the header)
+    shift = 0 if part is None else part.line - 2
+    offset = 0
     with f:
+        if part is None:
+            lines: Iterable[str] = f
+        else:
+            header_line = f.readline().decode("utf-8-sig", "surrogateescape")
+            lines = itertools.chain([header_line], (raw.decode("utf-8", "surrogateescape") for _, raw in _span_lines(f, part)))
         # open_clip/CC3M TSVs are not quoted: a caption may start with a '"' that must not
         # swallow the following lines; CSV keeps standard quoting
-        reader = csv.reader(f, delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL)
+        reader = csv.reader(lines, delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL)
         try:
             header = next(reader, None)
             if header is None:
@@ -657,10 +812,11 @@ def _read_delimited(cfg: SourceConfig, name: str) -> Iterator[Item]:
             image_col, caption_col = _resolve_columns(cfg, header, path)
             i_img, i_cap = header.index(image_col), header.index(caption_col)
             i_id = header.index(cfg.id_column) if cfg.id_column else None
-            for row_no, row in enumerate(reader):
+            offset = shift
+            for row_no, row in enumerate(reader, shift):
                 if not row:
                     continue
-                where = f"{path}:{reader.line_num}"
+                where = f"{path}:{reader.line_num + offset}"
                 cap = row[i_cap] if i_cap < len(row) else None
                 img = row[i_img] if i_img < len(row) else None
                 if i_id is not None:
@@ -671,7 +827,7 @@ def _read_delimited(cfg: SourceConfig, name: str) -> Iterator[Item]:
                     base = f"{stem}:{row_no}"
                 yield from _emit(cap, img, id_base=base, where=where, source=name, split=split)
         except csv.Error as e:
-            raise SourceError(f"{path}:{reader.line_num}: malformed {cfg.format} row: {e}") from None
+            raise SourceError(f"{path}:{reader.line_num + offset}: malformed {cfg.format} row: {e}") from None
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 driver, a source read by several read tasks.
 
 Skipped when Ray is not installed (``pip install 'hardneg[ray]'``; ``make test`` installs it).
-Five Ray runs in all, to keep the module well under a minute on two cores.
+Six Ray runs in all, to keep the module well under a minute on two cores.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import pytest
 ray = pytest.importorskip("ray", reason="the ray engine needs ray")
 
 from pipeline import generate as gen_mod  # noqa: E402
+from pipeline import sources as sources_mod  # noqa: E402
 from pipeline.config import GenerateConfig, RayConfig, SourceConfig, StreamConfig  # noqa: E402
 from pipeline.core.errors import ConfigError, SourceError  # noqa: E402
 from pipeline.engines.ray_engine import RayEngine  # noqa: E402
@@ -119,13 +120,31 @@ def test_a_failed_driver_rerun_does_not_redo_finished_shards(tmp_path, monkeypat
     assert {s.path: s.sha256 for s in m.shards} == {s.path: s.sha256 for s in local.shards}
 
 
-def test_a_source_error_stops_the_ray_run_with_the_readers_message(tmp_path):
+def test_a_jsonl_file_read_in_parts_gives_the_local_rows(tmp_path, monkeypatch):
+    src = tmp_path / "captions_val.jsonl"
+    lines = (FIXTURES / "captions.jsonl").read_text().splitlines()
+    lines[5:5] = ['{"image": "val2014/000009.jpg", "caption": "   "}', "", '{"image": null, "caption": "A dog."}']
+    src.write_text("\n".join(lines) + "\n")
+    monkeypatch.setattr(sources_mod, "PART_BYTES", 400)
+    assert len(source_parts(SourceConfig(path=str(src)))) == 5  # five read tasks, each cut at a line start
+    local = generate(config(tmp_path, src, "local", "local"))
+    m = generate(config(tmp_path, src, "ray", "ray", actors=1))
+    assert m.rows == local.rows == 22
+    assert rows(tmp_path / "ray", m) == rows(tmp_path / "local", local)
+    assert {s.path: s.sha256 for s in m.shards} == {s.path: s.sha256 for s in local.shards}
+    assert m.skipped == local.skipped == {"empty": 1, "no_image": 1}
+    assert m.skip_examples == local.skip_examples == [f"empty: {src}:6", f"no_image: {src}:8"]
+
+
+def test_a_source_error_stops_the_ray_run_with_the_readers_message(tmp_path, monkeypatch):
     src = tmp_path / "d.jsonl"
     rows = [{"id": f"r{i}", "image": f"{i}.jpg", "caption": f"A dog {i}."} for i in range(30)]
     rows[20]["id"] = "r3"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = config(tmp_path, src, "ray", "ray", actors=1)
     cfg.source.id_column = "id"
+    monkeypatch.setattr(sources_mod, "PART_BYTES", 500)  # the two r3 in different read tasks
+    assert len(source_parts(cfg.source)) == 4
     # the statistics pass fails, so the task pipeline never starts
     with pytest.raises(SourceError, match="duplicate id 'r3' \\(second time on caption 'A dog 20.'\\)"):
         generate(cfg)

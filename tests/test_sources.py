@@ -10,10 +10,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline import sources as sources_mod
 from pipeline.config import SourceConfig
 from pipeline.core.errors import ConfigError, SourceError
 from pipeline.records import CaptionRecord, Skip
-from pipeline.sources import detect_format, fingerprint, iter_source, source_name, source_parts
+from pipeline.sources import SourcePart, detect_format, fingerprint, iter_source, source_name, source_parts
 
 # real COCO captions (val2014 image 391895 and 522418, train2014 image 318556)
 SURF = "A man riding a wave on top of a surfboard."
@@ -343,18 +344,134 @@ def test_parquet_folder_parts_read_apart_give_the_whole_folder(tmp_path: Path) -
     pq.write_table(pa.table({"image": ["b.jpg", None], "caption": [SURF, KNIFE]}), folder / "test" / "part-0.parquet")
     cfg = SourceConfig(path=str(folder))
     parts = source_parts(cfg)
-    assert parts == ["part-0.parquet", "test/part-0.parquet"]
+    assert parts == [SourcePart(file="part-0.parquet"), SourcePart(file="test/part-0.parquet")]
     apart = [item for part in parts for item in iter_source(cfg, part=part)]
     assert apart == list(iter_source(cfg))  # same ids, splits and skip locations
     assert [r.id for r in records(apart)] == ["part-0:0", "part-0:1", "test/part-0:0"]
     assert [r.split for r in records(apart)] == ["train", "train", "test"]
     assert skips(apart) == [("no_image", f"{folder / 'test' / 'part-0.parquet'}:record 1")]
-    # read whole: one file, a JSON document, or a limit (which counts across the files)
+    # read whole: one Parquet file, or a limit (which counts across the files)
     assert source_parts(SourceConfig(path=str(folder / "part-0.parquet"))) is None
     assert source_parts(SourceConfig(path=str(folder), limit=3)) is None
-    assert source_parts(SourceConfig(path=str(Path(__file__).parent / "fixtures" / "captions.jsonl"))) is None
-    with pytest.raises(ConfigError, match="is read whole, not by part"):
-        iter_source(SourceConfig(path=str(Path(__file__).parent / "fixtures" / "captions.jsonl")), part="x")
+    with pytest.raises(ConfigError, match=r"is read whole, not by part \(bytes 0-10 \(line 1\)\)"):
+        iter_source(cfg, part=SourcePart(start=0, end=10))
+
+
+# a line-based file in parts: every cut gives the whole file's items (ids, skip locations, columns)
+
+
+#: the cuts are found reading chunks of this many bytes (1 MiB by default): small ones put line ends,
+#: \r\n pairs and multibyte characters across chunk boundaries
+CHUNKS = (1, 2, 7, 1 << 20)
+
+
+def read_in_parts(cfg: SourceConfig, part_bytes: int) -> list[CaptionRecord | Skip]:
+    parts: list[SourcePart | None] = list(source_parts(cfg, part_bytes=part_bytes) or [None])
+    return [item for part in parts for item in iter_source(cfg, part=part)]
+
+
+def test_jsonl_parts_give_the_whole_file_at_every_cut(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "pairs_val.jsonl"
+    lines = [
+        # open_clip's column names in the first record: every part reads with the columns it decides
+        b"\xef\xbb\xbf" + json.dumps({"filepath": "a.jpg", "title": [MOPED, BIKE]}).encode(),
+        b"",
+        json.dumps({"filepath": "b.jpg", "title": SURF}).encode(),
+        b'{"filepath": "c.jpg", "title": "A kitchen \xc3\x28 with a stove"}',
+        json.dumps({"filepath": "c.jpg", "title": "  "}).encode(),
+        json.dumps({"filepath": "d.jpg", "title": KNIFE, "image": "x.jpg"}).encode(),
+        json.dumps({"filepath": None, "title": KNIFE2}).encode(),
+        json.dumps({"filepath": "e.jpg", "title": SINK}).encode(),  # no line end after the last line
+    ]
+    data = b"\r\n".join(lines)
+    path.write_bytes(data)
+    cfg = SourceConfig(path=str(path))
+    whole = list(iter_source(cfg))
+    assert [(r.id, r.image_path) for r in records(whole)] == [
+        ("pairs_val:1#0", "a.jpg"), ("pairs_val:1#1", "a.jpg"), ("pairs_val:3", "b.jpg"),
+        ("pairs_val:6", "d.jpg"), ("pairs_val:8", "e.jpg"),
+    ]
+    assert skips(whole) == [("invalid_utf8", f"{path}:4"), ("empty", f"{path}:5"), ("no_image", f"{path}:7")]
+    assert source_parts(cfg) is None  # smaller than a part
+    assert source_parts(cfg, part_bytes=len(data)) is None
+    starts = [sum(len(line) + 2 for line in lines[:i]) for i in range(len(lines))] + [len(data)]
+    # cut after every line (the blank one included)
+    every_line = [SourcePart(start=starts[i], end=starts[i + 1], line=i + 1) for i in range(len(lines))]
+    for chunk in CHUNKS:
+        monkeypatch.setattr(sources_mod, "_CHUNK", chunk)
+        assert source_parts(cfg, part_bytes=1) == every_line
+        for part_bytes in range(1, len(data)):
+            assert read_in_parts(cfg, part_bytes) == whole, (chunk, part_bytes)
+    # a bad line fails the part that holds it, with the whole file's message
+    path.write_bytes(b"\r\n".join([*lines[:-1], b'{"filepath": ']))
+    parts = source_parts(cfg, part_bytes=1)
+    assert parts is not None and len(parts) == 8
+    with pytest.raises(SourceError, match=rf"{path}:8: not valid JSON"):
+        list(iter_source(cfg, part=parts[-1]))
+    with pytest.raises(SourceError, match=rf"{path}:8: not valid JSON"):
+        list(iter_source(cfg))
+
+
+def test_tsv_and_csv_parts_give_the_whole_file_at_every_cut(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "cc3m_train.tsv"
+    data = (
+        "\ufeffcaption\turl\r\n"  # Excel's BOM, CRLF line ends
+        f"{MOPED}\thttp://x/1.jpg\r\n"
+        f'"Stop" sign on a pole\thttp://x/2.jpg\r\n'  # a TSV is not quoted: this quote is text
+        "\r\n"
+        f"{BIKE}\thttp://x/3.jpg\r\n"
+        "   \thttp://x/4.jpg\r\n"
+        f"{SURF}\r\n"  # no url field
+    ).encode() + b"A dog \xff on a couch\thttp://x/5.jpg\r\n" + f"{KNIFE}\thttp://x/6.jpg".encode()
+    path.write_bytes(data)
+    cfg = SourceConfig(path=str(path), image_column="url")
+    whole = list(iter_source(cfg))
+    assert [(r.id, r.caption) for r in records(whole)] == [
+        ("cc3m_train:0", MOPED), ("cc3m_train:1", '"Stop" sign on a pole'), ("cc3m_train:3", BIKE),
+        ("cc3m_train:7", KNIFE),
+    ]
+    assert skips(whole) == [("empty", f"{path}:6"), ("no_image", f"{path}:7"), ("invalid_utf8", f"{path}:8")]
+    header = len("\ufeffcaption\turl\r\n".encode())
+    second = header + len(f"{MOPED}\thttp://x/1.jpg\r\n")
+    parts = source_parts(cfg, part_bytes=1)
+    assert parts is not None and len(parts) == 8  # the data lines, each a part; the header in none
+    assert parts[:2] == [SourcePart(start=header, end=second, line=2), SourcePart(start=second, end=parts[1].end, line=3)]
+    for chunk in CHUNKS:
+        monkeypatch.setattr(sources_mod, "_CHUNK", chunk)
+        for part_bytes in range(1, len(data)):
+            assert read_in_parts(cfg, part_bytes) == whole, (chunk, part_bytes)
+    # a CSV without quotes is cut the same way, with ids from the given column
+    csv_path = tmp_path / "pairs.csv"
+    csv_path.write_text("key,image,caption\n" + "".join(f"k{i},{i}.jpg,{c}\n" for i, c in enumerate([SURF, MOPED, BIKE, SINK])))
+    csv_cfg = SourceConfig(path=str(csv_path), id_column="key")
+    assert [r.id for r in read_in_parts(csv_cfg, 1)] == ["k0", "k1", "k2", "k3"]
+    assert read_in_parts(csv_cfg, 30) == list(iter_source(csv_cfg))
+    # not cut: a CSV with a quote anywhere (a quoted field may hold a line end), a bare \r
+    # anywhere (the csv module ends a line there too), the header included; a file of a header
+    # alone; a header longer than the reader looks for
+    rows = f"a.jpg,{SURF}\nb.jpg,{BIKE}\n"
+    for head in ('image,caption,"note"\n', '"image,caption\n', "image,caption\r\r\n", "x\rimage,caption\n"):
+        csv_path.write_text(head + rows, newline="")
+        assert source_parts(csv_cfg, part_bytes=1) is None, head
+    csv_path.write_text(f'image,caption\na.jpg,{SURF}\nb.jpg,"A man, a moped"\nc.jpg,{BIKE}\n')
+    assert source_parts(csv_cfg, part_bytes=1) is None
+    monkeypatch.setattr(sources_mod, "_CHUNK", 7)
+    path.write_bytes(data.replace(b"http://x/3.jpg", b"http://x/3\r.jpg"))
+    assert source_parts(cfg, part_bytes=1) is None
+    path.write_bytes(data + b"\r")  # a bare \r as the last byte of a chunk (and of the file)
+    assert source_parts(cfg, part_bytes=1) is None
+    path.write_bytes(b"caption\turl")
+    assert source_parts(cfg, part_bytes=1) is None
+    # an error in the header names line 1 in every part, as when the file is read whole
+    path.write_bytes(b"caption\turl\t" + b"x" * 140_000 + b"\n" + data[header:])
+    parts = source_parts(cfg, part_bytes=1)
+    assert parts is not None and len(parts) == 8
+    for part in (parts[0], parts[-1]):
+        with pytest.raises(SourceError, match=rf"{path}:1: malformed tsv row: field larger than field limit"):
+            list(iter_source(cfg, part=part))
+    monkeypatch.setattr(sources_mod, "_MAX_HEADER", 12)
+    path.write_bytes(data[3:])  # no BOM: the header line is 13 bytes
+    assert source_parts(cfg, part_bytes=1) is None
 
 
 def test_parquet_missing_columns_and_invalid_utf8(tmp_path: Path) -> None:

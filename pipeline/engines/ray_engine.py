@@ -6,7 +6,8 @@ resume, the statistics, publishing the shards and the manifest. This engine supp
 
 1. **statistics** (a map plus an aggregation): the source is a Ray Dataset
    (``read_datasource``) read by the project's readers, one read task per part of the source (each
-   file of a Parquet folder; the whole source otherwise, :func:`pipeline.sources.source_parts`); a
+   file of a Parquet folder, runs of whole lines of a large JSONL/CSV/TSV file; the whole source
+   otherwise, :func:`pipeline.sources.source_parts`); a
    ``map_batches`` summarises each block (16-byte record keys, runs of one image's captions,
    skips) and the driver aggregates the summaries, in source order, with the
    :class:`~pipeline.engines.streaming.ScanBuilder` the local engine feeds record by record: skip
@@ -74,7 +75,7 @@ from pipeline.core.errors import ConfigError
 from pipeline.engines.common import ALL, MAX_EXAMPLES, classify, record_key, sample_hash
 from pipeline.engines.streaming import ScanBuilder, ShardStream, SourceScan, source_items
 from pipeline.records import CaptionRecord
-from pipeline.sources import source_parts
+from pipeline.sources import SourcePart, source_parts
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def stop_autoscaler_monitor(ray: Any) -> None:
 # --------------------------------------------------------------------------- the source as a Dataset
 
 
-def _item_blocks(cfg: GenerateConfig, part: str | None) -> Iterator[Any]:
+def _item_blocks(cfg: GenerateConfig, part: SourcePart | None) -> Iterator[Any]:
     """A part's items in tables of ``_SOURCE_TABLE_ROWS``, in source order: records with their key,
     and the skips (``skip`` holds the reason, ``where`` the location), so a summary counts them."""
     import pyarrow as pa
@@ -153,7 +154,7 @@ def _item_blocks(cfg: GenerateConfig, part: str | None) -> Iterator[Any]:
         yield pa.table([pa.array(cols[c], t) for c, t in zip(names, types)], names=list(names))
 
 
-def _datasource(read_fns: list[Callable[[], Iterator[Any]]]) -> Any:
+def _datasource(read_fns: list[Callable[..., Iterator[Any]]]) -> Any:
     """A Ray datasource of one read task per function, run on the driver's node."""
     from ray.data.block import BlockMetadata
     from ray.data.datasource import Datasource, ReadTask
@@ -383,6 +384,9 @@ class RayEngine:
         self.cfg, self.scratch, self.init_fn = cfg, scratch, init_fn
         self.fns = {"shard": fns[0], "count": fns[1]}
         self.recount = fns[2]
+        # before ray.init: finding the cuts reads the source, which may fail with nothing to shut down
+        parts = source_parts(cfg.source)
+        self.parts: list[SourcePart | None] = list(parts) if parts else [None]
         self.started = not ray.is_initialized()
         #: the cluster to join: ``ray.address``, else Ray's own ``RAY_ADDRESS`` (set by ``ray job
         #: submit`` and KubeRay); None starts a new local Ray, even beside one ``ray start`` left
@@ -403,7 +407,6 @@ class RayEngine:
         self.ctx.execution_options.preserve_order = True  # summaries and the sample in source order
         self.ctx.enable_progress_bars = False  # the stage's own bars say more (captions, not blocks)
         self.ctx.print_on_execution_start = False
-        self.parts: list[str | None] = list(source_parts(cfg.source) or [None])
         #: source read tasks run on the driver's node, as many at a time as it has cores, reserving
         #: no CPU (like the task pipeline's read task, which then reuses their worker process and
         #: runs beside actors that may hold every CPU); a map over them takes the same arguments,

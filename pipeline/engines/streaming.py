@@ -46,7 +46,7 @@ from pipeline.core.atomic import write_json_atomic
 from pipeline.core.errors import SourceError
 from pipeline.engines.common import ALL, BottomK, kept_records, record_key, sample_hash
 from pipeline.records import CaptionRecord
-from pipeline.sources import iter_source
+from pipeline.sources import SourcePart, iter_source
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ _FILTER_BITS = 1 << 27
 _SPILL_BYTES = 4 << 20
 
 
-def source_items(cfg: GenerateConfig, part: str | None = None) -> Iterator[Any]:
+def source_items(cfg: GenerateConfig, part: SourcePart | None = None) -> Iterator[Any]:
     """The source's items (or those of one of its parts, :func:`pipeline.sources.source_parts`)
     read in bounded memory (JSON documents streamed, no in-memory id set)."""
     return iter_source(cfg.source, stream_json=True, unique_ids=False, part=part)
