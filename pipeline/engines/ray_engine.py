@@ -409,9 +409,12 @@ class RayEngine:
         self.ctx.print_on_execution_start = False
         #: source read tasks run on the driver's node, as many at a time as it has cores, reserving
         #: no CPU (like the task pipeline's read task, which then reuses their worker process and
-        #: runs beside actors that may hold every CPU); a map over them takes the same arguments,
-        #: so Ray fuses it into the read task and no raw block enters the object store
-        self.read_args = {"num_cpus": 0, "concurrency": max(1, min(len(self.parts), os.cpu_count() or 1))}
+        #: runs beside actors that may hold every CPU); a map over them takes the same resources and
+        #: a task pool of the same size (``map_args``), so Ray fuses it into the read task and no raw
+        #: block enters the object store
+        readers = max(1, min(len(self.parts), os.cpu_count() or 1))
+        self.read_args = {"num_cpus": 0, "concurrency": readers}
+        self.map_args = {"num_cpus": 0, "compute": ray.data.TaskPoolStrategy(size=readers)}
         self.scan: SourceScan | None = None
         self.stream: ShardStream | None = None
         self.closed = False
@@ -463,7 +466,7 @@ class RayEngine:
             t0 = time.perf_counter()
             b = ScanBuilder(self.cfg, self.scratch)
             summaries = self.items().map_batches(_summarize, batch_size=None, batch_format="pyarrow",
-                                                 **self.read_args)
+                                                 **self.map_args)
             with tqdm(desc="read (statistics pass, ray)", unit=" captions", mininterval=2, leave=False) as bar:
                 for batch in summaries.iter_batches(batch_size=None, batch_format="pyarrow"):
                     bar.update(add_summaries(b, batch))
@@ -570,6 +573,6 @@ class RaySample:
     def __iter__(self) -> Iterator[CaptionRecord]:
         with self.engine._closing_on_error():
             ds = self.engine.items().map_batches(_sample_filter(self.threshold), batch_size=None,
-                                                 batch_format="pyarrow", **self.engine.read_args)
+                                                 batch_format="pyarrow", **self.engine.map_args)
             for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                 yield from _records_of(batch)
