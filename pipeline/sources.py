@@ -184,7 +184,7 @@ def _line_parts(path: Path, fmt: str, part_bytes: int) -> list[SourcePart] | Non
 
 
 def _one_row_per_line(chunk: bytes, fmt: str) -> bool:
-    """Whether the csv module reads each line of ``chunk`` (whole ``\r\n`` pairs) as one row."""
+    r"""Whether the csv module reads each line of ``chunk`` (whole ``\r\n`` pairs) as one row."""
     if fmt not in ("csv", "tsv"):
         return True
     return chunk.count(b"\r") == chunk.count(b"\r\n") and not (fmt == "csv" and b'"' in chunk)
