@@ -260,7 +260,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(ds, reference, tmp_pat
     def full_disk_save(obj, f, *args, **kwargs):
         calls["save"] += 1
         if calls["save"] == 2:  # the second checkpoint: half written, then the disk is full
-            Path(f).write_bytes(b"PK\x03\x04 half a checkpoint")
+            f.write(b"PK\x03\x04 half a checkpoint")
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(obj, f, *args, **kwargs)
 
@@ -290,6 +290,21 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(ds, reference, tmp_pat
     assert res["steps"] == 12
     assert_same_weights(weights(reference / "final" / "open_clip_pytorch_model.bin"),
                         weights(out / "final" / "open_clip_pytorch_model.bin"))
+
+
+def test_the_same_state_is_saved_as_the_same_bytes(tmp_path):
+    # saved to a path, torch names the zip's records after it: the atomic write's temporary name
+    # would make every save of the same weights other bytes (and dvc see a changed output)
+    from trainer.models import save_weights
+
+    state = {"step": 3, "w": torch.arange(6.0).reshape(2, 3)}
+    first, second = ckpt.save(tmp_path / "a", 3, state), ckpt.save(tmp_path / "b", 3, state)
+    assert first.read_bytes() == second.read_bytes()
+    assert ckpt.load(first)["step"] == 3
+    model = torch.nn.Linear(3, 2)
+    first, second = (save_weights(model, tmp_path / d, None, {}) for d in ("c", "d"))
+    assert first.read_bytes() == second.read_bytes()
+    assert torch.equal(torch.load(first, weights_only=True)["weight"], model.weight.detach())
 
 
 def test_an_unreadable_checkpoint_is_a_clear_error(ds, tmp_path):

@@ -83,10 +83,12 @@ def save(output_dir: str | Path, step: int, state: dict[str, Any], keep: int = 2
     previous = _readable_latest(d)
     try:
         d.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
-            with open(tmp, "rb") as f:  # on disk before the rename makes it the checkpoint
-                os.fsync(f.fileno())
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            # through a file object: saved to a path, torch names the zip's records after it (the
+            # temporary name), so the same state would give other bytes each time
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename makes it the checkpoint
         write_bytes_atomic((path.name + "\n").encode("utf-8"), d / LATEST)
     except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
         kept = (f"{previous} is intact and `latest` still points at it; a rerun resumes from there"

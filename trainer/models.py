@@ -109,8 +109,8 @@ def save_weights(model: Any, out_dir: str | Path, model_cfg: dict[str, Any] | No
     out = Path(out_dir)
     weights = out / WEIGHTS_NAME
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(weights) as tmp:
-        torch.save(state, tmp)
+    with atomic_path(weights) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)  # a file object, not the temporary path, which torch would write into the zip
     if model_cfg is not None:
         pp = {k: list(v) if isinstance(v, tuple) else v for k, v in preprocess.items()}
         blob = json.dumps({"model_cfg": model_cfg, "preprocess_cfg": pp}, indent=2)
