@@ -93,13 +93,13 @@ def iter_source(cfg: SourceConfig, *, stream_json: bool = False, unique_ids: boo
         raise ConfigError(f"source.limit must be >= 0, got {cfg.limit}")
     fmt = _resolve_format(cfg)
     name = source_name(cfg)
+    if fmt in ("csv", "tsv") and cfg.format != fmt:  # the delimited reader reads its delimiter there
+        cfg = _with_format(cfg, fmt)
     if part is not None:
         parquet_part = part.file is not None
         if cfg.limit is not None or fmt not in _PART_FORMATS or parquet_part != (fmt == "parquet"):
             raise ConfigError(f"source {cfg.path} is read whole, not by part ({part})")
         log.debug("reading part %s of %s", part, cfg.path)
-        if fmt in ("csv", "tsv") and cfg.format != fmt:
-            cfg = _with_format(cfg, fmt)
         items: Iterator[Item] = (
             _read_parquet(cfg, name, only=part.file) if part.file is not None
             else _read_jsonl(cfg, name, part) if fmt == "jsonl" else _read_delimited(cfg, name, part)
@@ -117,8 +117,6 @@ def iter_source(cfg: SourceConfig, *, stream_json: bool = False, unique_ids: boo
         "parquet": _read_parquet,
         "hf": _read_hf,
     }
-    if fmt in ("csv", "tsv") and cfg.format != fmt:
-        cfg = _with_format(cfg, fmt)
     items = readers[fmt](cfg, name)
     if cfg.limit is not None:
         items = itertools.islice(items, cfg.limit)
@@ -707,9 +705,10 @@ def _karpathy_original(
 # line-based: jsonl, csv/tsv
 
 
-def _open_source(path: str) -> Any:
+def _open_source(path: str, mode: str = "rb", **kwargs: Any) -> Any:
+    """``open``; a file that cannot be opened is a SourceError that names it."""
     try:
-        return open(path, "rb")
+        return open(path, mode, **kwargs)
     except OSError as e:
         raise SourceError(f"cannot read {path}: {e}") from e
 
@@ -784,14 +783,8 @@ def _read_delimited(cfg: SourceConfig, name: str, part: SourcePart | None = None
     delimiter = "\t" if cfg.format == "tsv" else ","
     stem = Path(path).stem
     split = _default_split(cfg, path)
-    f: Any
-    if part is None:
-        try:
-            f = open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")
-        except OSError as e:
-            raise SourceError(f"cannot read {path}: {e}") from e
-    else:
-        f = _open_source(path)
+    f = (_open_source(path, "r", encoding="utf-8-sig", errors="surrogateescape", newline="") if part is None
+         else _open_source(path))
     #: the part's lines follow the header in the reader, so its line 2 is the part's first line;
     #: ``offset`` turns the reader's line number into the file's (0 while it reads the header)
     shift = 0 if part is None else part.line - 2

@@ -73,6 +73,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def save_state(obj: Any, path: Path, *, sync: bool = False) -> None:
+    """``torch.save`` to ``path`` atomically, as the same bytes for the same state: through a file
+    object, because saved to a path torch names the zip's records after it (here the temporary
+    name). ``sync``: the bytes are on disk before the rename."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+        if sync:
+            f.flush()
+            os.fsync(f.fileno())
+
+
 def save(output_dir: str | Path, step: int, state: dict[str, Any], keep: int = 2) -> Path:
     """Write ``step_<n>.pt`` atomically, point ``latest`` at it, and prune older step files.
 
@@ -83,12 +94,7 @@ def save(output_dir: str | Path, step: int, state: dict[str, Any], keep: int = 2
     previous = _readable_latest(d)
     try:
         d.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            # through a file object: saved to a path, torch names the zip's records after it (the
-            # temporary name), so the same state would give other bytes each time
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())  # on disk before the rename makes it the checkpoint
+        save_state(state, path, sync=True)  # on disk before the rename makes it the checkpoint
         write_bytes_atomic((path.name + "\n").encode("utf-8"), d / LATEST)
     except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
         kept = (f"{previous} is intact and `latest` still points at it; a rerun resumes from there"

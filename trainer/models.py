@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.atomic import atomic_path, write_bytes_atomic
+from pipeline.core.atomic import write_bytes_atomic
 from pipeline.core.errors import ConfigError, ModelError
 from trainer.config import ModelConfig
 
@@ -104,13 +104,12 @@ def save_weights(model: Any, out_dir: str | Path, model_cfg: dict[str, Any] | No
     ``create_model_and_transforms(name, pretrained=<dir>/open_clip_pytorch_model.bin)`` and
     ``create_model_and_transforms("local-dir:<dir>")`` (the config JSON travels alongside).
     """
-    import torch
+    from trainer.checkpoint import save_state
 
     out = Path(out_dir)
     weights = out / WEIGHTS_NAME
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(weights) as tmp, open(tmp, "wb") as f:
-        torch.save(state, f)  # a file object, not the temporary path, which torch would write into the zip
+    save_state(state, weights)
     if model_cfg is not None:
         pp = {k: list(v) if isinstance(v, tuple) else v for k, v in preprocess.items()}
         blob = json.dumps({"model_cfg": model_cfg, "preprocess_cfg": pp}, indent=2)

@@ -134,6 +134,10 @@ def _item_blocks(cfg: GenerateConfig, part: SourcePart | None) -> Iterator[Any]:
     names = (*RECORD_COLUMNS, "key", "skip", "where")
     types = [pa.string()] * 6 + [pa.binary(), pa.binary(), pa.string(), pa.string()]
     cols: dict[str, list[Any]] = {c: [] for c in names}
+
+    def table() -> Any:
+        return pa.table([pa.array(cols[c], t) for c, t in zip(names, types)], names=list(names))
+
     for item in source_items(cfg, part):
         skip = classify(item, cfg.max_chars)
         if skip is None:
@@ -148,10 +152,10 @@ def _item_blocks(cfg: GenerateConfig, part: SourcePart | None) -> Iterator[Any]:
             cols["skip"].append(skip[0])
             cols["where"].append(skip[1])
         if len(cols["skip"]) >= _SOURCE_TABLE_ROWS:
-            yield pa.table([pa.array(cols[c], t) for c, t in zip(names, types)], names=list(names))
+            yield table()
             cols = {c: [] for c in names}
     if cols["skip"]:
-        yield pa.table([pa.array(cols[c], t) for c, t in zip(names, types)], names=list(names))
+        yield table()
 
 
 def _datasource(read_fns: list[Callable[..., Iterator[Any]]]) -> Any:
