@@ -64,6 +64,9 @@ class Edit(NamedTuple):
     #: which its plausibility score compares (``pipeline.rules.plausibility``)
     pairs_old: tuple[tuple[str, str, str], ...] = ()
     pairs_new: tuple[tuple[str, str, str], ...] = ()
+    #: the rule's rank within its family: every candidate of a lower tier is examined before any of
+    #: a higher one, scored or not (``attribute_swap`` exchanges before it moves a modifier)
+    tier: int = 0
 
 
 class Candidate(NamedTuple):

@@ -57,9 +57,10 @@ def test_same_word_and_rule_refusals_are_counted(parsed):
     kept, rejects = run(parsed, "a tennis racket next to a tennis ball", ["attribute_swap", "object_swap"])
     assert kept == {"object_swap": []} and rejects == {"object_swap": {"symmetric": 1}}
     kept, rejects = run(parsed, "A man on a motorcycle is waving at two men", ["object_swap"])
-    # man/man is one noun; man/motorcycle are incompatible classes (no scores: never kept)
-    assert kept == {"object_swap": []}
-    assert rejects == {"object_swap": {"same_word": 1, "class_mismatch": 2}}
+    # man/motorcycle are incompatible classes (no scores: never kept); "a man" / "two men" are one
+    # noun, but the whole phrases differ in number, so exchanging them is a new caption
+    assert kept == {"object_swap": ["Two men on a motorcycle are waving at a man"]}
+    assert rejects == {"object_swap": {"class_mismatch": 3, "same_word": 1}}
     assert set(rejects["object_swap"]) <= set(REJECT_REASONS)
 
 
@@ -178,4 +179,6 @@ def test_the_issues_cross_class_examples_are_counted_rejects(parsed):
     caption = "A man taking a photo with his right hand and eating food with his left hand."
     kept, rejects = run(parsed, caption, ["object_swap"], resources=res)
     assert kept == {"object_swap": []}
-    assert rejects == {"object_swap": {"agreement": 1, "class_mismatch": 4, "same_word": 1}}
+    # the man/food phrase exchange counts as class_mismatch (under the cross-class floor), the
+    # name exchange as agreement ("a food")
+    assert rejects == {"object_swap": {"agreement": 1, "class_mismatch": 5, "same_word": 1}}

@@ -18,6 +18,7 @@ from pipeline.contract.schema import FAMILY_COLUMNS, SCHEMA_VERSION, read_meta
 from pipeline.core.atomic import sha256_file
 from pipeline.core.errors import ConfigError, SourceError
 from pipeline.generate import generate
+from pipeline.rules.families.swap import TIERS
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CAPTIONS = FIXTURES / "captions.jsonl"
@@ -86,10 +87,10 @@ def test_rows_hold_negatives_and_provenance(dataset):
     assert prov[("relation_swap", "A motorcycle on a man is waving at two men")]["plausibility"] < 0.0
     assert prov[("attribute_swap", "A man on two motorcycles is waving at a man")]["rule"] == "count"
     assert len(r["provenance"]) == sum(len(r[f]) for f in FAMILY_COLUMNS)
-    for row in rows.values():  # every family's negatives best first
+    for row in rows.values():  # every family's negatives best first: by the rule's tier, then score
         for fam in FAMILY_COLUMNS:
-            scores = [q["plausibility"] for q in row["provenance"] if q["family"] == fam]
-            assert scores == sorted(scores, reverse=True)
+            keys = [(TIERS.get(fam, {}).get(q["rule"], 0), -q["plausibility"]) for q in row["provenance"] if q["family"] == fam]
+            assert keys == sorted(keys)
     # rows without any negative are kept, not dropped
     assert all(len(x["relation_swap"]) == 0 for x in [rows["a cat and a dog"]])
 

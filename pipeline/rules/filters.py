@@ -1,8 +1,9 @@
 """Decide which realised candidates become negatives, and count why the others did not.
 
 Pure: a caption's candidates and the other captions of its image in, kept candidates and reject
-counts out. With plausibility scores the survivors are ranked by score, best first, ties broken by a
-hash of the seed, the caption and the edit; without them by rule priority, then that hash. Either
+counts out. With plausibility scores the survivors are ranked by their rule's tier, then score, best first,
+ties broken by a hash of the seed, the caption and the edit; without them by tier, rule priority,
+then that hash. Either
 way the choice does not depend on worker count, shard boundaries or the order captions are
 processed in.
 """
@@ -43,13 +44,13 @@ def _seeded_key(seed: int, caption_id: str, family: str, edit: Edit) -> int:
 
 
 def _ranked(viable: list[int], edits: list[Edit], scores: list[float], seed: int, caption_id: str, family: str) -> list[int]:
-    """``viable`` by plausibility, best first; equal scores in seeded-hash order."""
-    order = sorted(viable, key=lambda i: -scores[i])
+    """``viable`` by tier, then plausibility, best first; equal scores in seeded-hash order."""
+    order = sorted(viable, key=lambda i: (edits[i].tier, -scores[i]))
     n = len(order)
     start = 0
     while start < n:
         end = start + 1
-        while end < n and scores[order[end]] == scores[order[start]]:
+        while end < n and scores[order[end]] == scores[order[start]] and edits[order[end]].tier == edits[order[start]].tier:
             end += 1
         if end - start > 1:
             order[start:end] = sorted(order[start:end], key=lambda i: _seeded_key(seed, caption_id, family, edits[i]))
@@ -70,9 +71,9 @@ def _repeated_word(text: str, positive: str) -> bool:
 def _seeded_order(viable: list[int], edits: list[Edit], seed: int, caption_id: str, family: str) -> Iterator[int]:
     """``viable`` by (priority, seeded key), lazily: the keys of a priority level are computed only
     when the examination reaches it (most captions fill ``k`` from the first level or two)."""
-    levels: dict[int, list[int]] = {}
+    levels: dict[tuple[int, int], list[int]] = {}
     for i in viable:
-        levels.setdefault(edits[i].priority, []).append(i)
+        levels.setdefault((edits[i].tier, edits[i].priority), []).append(i)
     for prio in sorted(levels):
         level = levels[prio]
         if len(level) > 1:

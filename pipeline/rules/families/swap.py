@@ -36,7 +36,7 @@ from pipeline.rules.families import ParsedCaption, Resources, register
 from pipeline.rules.grammar import agree_verb, pluralize, singularize
 from pipeline.rules.plausibility import exchange_pairs, pair_key
 from pipeline.rules.realize import span_words
-from pipeline.rules.syntax import NON_ATTRIBUTE_ADJECTIVES, QUANTITY_NOUNS, Link, NounPhrase, Tok, part_of
+from pipeline.rules.syntax import NON_ATTRIBUTE_ADJECTIVES, QUANTITY_NOUNS, Link, NounPhrase, Tok, finite_verb, part_of
 
 Toks = tuple[Tok, ...]
 
@@ -51,6 +51,12 @@ _DET_DEPS = frozenset({"det", "poss", "predet", "case", "nummod"})
 _MOD_POS = frozenset({"ADJ", "VERB", "NOUN", "PROPN", "ADV", "NUM"})
 #: modifier types exchanged by attribute_swap (quantifiers such as "all" or "only" are not attributes)
 _SWAPPED_TYPES = frozenset({"colour", "size", "shape", "material", "pattern", "age", "count", "state", "other"})
+#: the rank of each rule within its family (``Edit.tier``): every candidate of a lower tier is kept
+#: before any of a higher one; a rule not listed is tier 0
+TIERS: dict[str, dict[str, int]] = {
+    "attribute_swap": {"exchange": 0, "cross_exchange": 0, "count": 1, "move": 2},
+    "object_swap": {"phrase": 0, "noun": 1},
+}
 
 
 
@@ -353,6 +359,19 @@ def _link_between(parsed: ParsedCaption, a: int, b: int) -> Link | None:
     return None
 
 
+def _only_symmetric(parsed: ParsedCaption, link: Link | None) -> bool:
+    """Whether exchanging the two phrases of ``link`` changes nothing: the link is symmetric ("next
+    to", "and") and neither phrase takes part in another relation ("A man riding a horse next to a
+    woman": the man rides, so exchanging him with the woman is a new caption). Two conjuncts share
+    their relations, so exchanging them never changes anything ("a cat and a dog on a bed")."""
+    if link is None or not link.symmetric:
+        return False
+    if link.kind == "conj":
+        return True
+    ends = (link.a, link.b)
+    return not any(other is not link and (other.a in ends or other.b in ends) for other in parsed.links)
+
+
 def _class_reject(sa: Slot, sb: Slot, sem: Semantics, whole_phrases: bool = False) -> str:
     """Why two phrases may never change places ("" when they may): a body part, an abstract noun
     or a noun of unknown class (``class_mismatch``), nouns that can name the same thing. Whole
@@ -496,8 +515,65 @@ def pronoun_changes(
 # --------------------------------------------------------------------------- relation_swap
 
 
+def _exchange_phrases(
+    parsed: ParsedCaption, tables: SwapTables, slots: list[Slot], ia: int, ib: int, a_end: int, b_end: int,
+    family: str, rule: str, symmetric: bool, tier: int = 0,
+) -> Edit:
+    """Exchange two whole noun phrases (tokens ``[a.start, a_end)`` and ``[b.start, b_end)``) with
+    their determiners, numbers, modifiers, compounds and "of" complements; the verbs of a subject
+    whose number changed and the pronouns that refer to either follow. A refused exchange comes
+    back with its reason."""
+    sem = tables.sem
+    toks = parsed.toks
+    a, b = parsed.phrases[ia], parsed.phrases[ib]
+    sa, sb = slots[ia], slots[ib]
+    items = (_norm(span_words(toks, a.start, a.end)), _norm(span_words(toks, b.start, b.end)))
+    reason = _class_reject(sa, sb, sem, whole_phrases=True)
+    if reason:
+        return _rejected(family, rule, reason, items)
+    pron = pronoun_changes(
+        parsed, slots, tables.gender, {ia: (sb, sb.plural), ib: (sa, sa.plural)}, ((a.start, a_end), (b.start, b_end))
+    )
+    if pron is None:
+        return _rejected(family, rule, "pronoun", items)
+    reps = [
+        Replacement(a.start, a_end, _moved_phrase(toks, b, b_end, _countability(sb.key, sem) == "mass")),
+        Replacement(b.start, b_end, _moved_phrase(toks, a, a_end, _countability(sa.key, sem) == "mass")),
+    ]
+    reps += [r for r in pron if not (a.start <= r.start < a_end or b.start <= r.start < b_end)]
+    inner = [r for r in pron if a.start <= r.start < a_end or b.start <= r.start < b_end]
+    if inner:  # a possessive inside a moved phrase: rewrite the moved texts themselves
+        reps[0] = Replacement(a.start, a_end, _moved_with(toks, b, b_end, inner))
+        reps[1] = Replacement(b.start, b_end, _moved_with(toks, a, a_end, inner))
+    for p, new_plural, old_plural in ((a, sb.plural, sa.plural), (b, sa.plural, sb.plural)):
+        if not _coordinated(toks, parsed.children, p):  # a coordination's verb agrees with the whole
+            reps += _subject_agreement(toks, parsed.children, p, new_plural, old_plural)
+    old, new = exchange_pairs(parsed.deps, toks, parsed.children, parsed.lemmas, (a.start, a_end), (b.start, b_end))
+    return Edit(
+        family=family,
+        rule=rule,
+        replacements=tuple(reps),
+        items=items,
+        symmetric_link=symmetric,
+        cross_class=_cross_class(sa, sb, sem),
+        pairs_old=old,
+        pairs_new=new,
+        tier=tier,
+    )
+
+
 @register("relation_swap")
 def relation_swap(parsed: ParsedCaption, res: Resources) -> list[Edit]:
+    """Exchange the two noun phrases of a relation, whole (rules ``prep``, ``verb_prep``,
+    ``verb_object``: "a dog chasing a cat" -> "a cat chasing a dog"); the subject with the possessor
+    of its object (``possessive``: "a woman brushing a girl's hair" -> "a girl brushing a woman's
+    hair"); the subjects of two clauses (``clause_subject``: "a man cooks while a woman watches" ->
+    "a woman cooks while a man watches"); two spatial prepositions (``preposition``).
+
+    A relation whose phrases cannot move whole is counted, by structure: ``coordinated`` (one
+    conjunct of "fruits and vegetables"), ``partitive`` (the object of "a lot of", "a bouquet of"),
+    ``complement`` (one phrase inside the other's "of" complement).
+    """
     tables = tables_of(res)
     sem = tables.sem
     toks = parsed.toks
@@ -508,54 +584,130 @@ def relation_swap(parsed: ParsedCaption, res: Resources) -> list[Edit]:
             continue  # coordination is not a relation: "a cat and a dog" means the same reversed
         a, b = parsed.phrases[link.a], parsed.phrases[link.b]
         a_end, b_end = _with_complement(parsed, a), _with_complement(parsed, b)
+        structure = ""
         if a_end > b.start:
-            continue  # b is inside a's "of" complement: not two separate objects
-        if any(part_of(toks, q, a) for q in parsed.phrases):
-            continue  # a completes another phrase ("a bouquet of | flowers"): moving it leaves "a bouquet of" behind
-        if _completes_of(toks, a) or _completes_of(toks, b):
-            continue  # "a lot of | fruits": moving the fruits leaves "a lot of" behind
-        if _coordinated(toks, parsed.children, a) or _coordinated(toks, parsed.children, b):
-            continue  # "fruits and vegetables are on the stove": one conjunct alone cannot take the other's place
+            structure = "complement"  # b is inside a's "of" complement: not two separate objects
+        elif any(part_of(toks, q, a) for q in parsed.phrases) or _completes_of(toks, a) or _completes_of(toks, b):
+            structure = "partitive"  # "a bouquet of | flowers", "a lot of | fruits": moving one leaves the rest behind
+        elif _coordinated(toks, parsed.children, a) or _coordinated(toks, parsed.children, b):
+            structure = "coordinated"  # "fruits and vegetables are on the stove": one conjunct cannot take the other's place
         if slots is None:
             slots = _slots(parsed, sem)
-        sa, sb = slots[link.a], slots[link.b]
-        items = (_norm(span_words(toks, a.start, a.end)), _norm(span_words(toks, b.start, b.end)))
-        reason = _class_reject(sa, sb, sem, whole_phrases=True)
-        if reason:
-            edits.append(_rejected("relation_swap", link.kind, reason, items))
+        if structure:
+            edits.append(_rejected("relation_swap", link.kind, structure, (slots[link.a].key, slots[link.b].key)))
             continue
-        pron = pronoun_changes(
-            parsed, slots, tables.gender, {link.a: (sb, sb.plural), link.b: (sa, sa.plural)},
-            ((a.start, a_end), (b.start, b_end)),
-        )
-        if pron is None:
-            edits.append(_rejected("relation_swap", link.kind, "pronoun", items))
-            continue
-        reps = [
-            Replacement(a.start, a_end, _moved_phrase(toks, b, b_end, _countability(sb.key, sem) == "mass")),
-            Replacement(b.start, b_end, _moved_phrase(toks, a, a_end, _countability(sa.key, sem) == "mass")),
-        ]
-        reps += [r for r in pron if not (a.start <= r.start < a_end or b.start <= r.start < b_end)]
-        inner = [r for r in pron if a.start <= r.start < a_end or b.start <= r.start < b_end]
-        if inner:  # a possessive inside a moved phrase: rewrite the moved texts themselves
-            reps[0] = Replacement(a.start, a_end, _moved_with(toks, b, b_end, inner))
-            reps[1] = Replacement(b.start, b_end, _moved_with(toks, a, a_end, inner))
-        reps += _subject_agreement(toks, parsed.children, a, sb.plural, sa.plural)
-        old, new = exchange_pairs(parsed.deps, toks, parsed.children, parsed.lemmas, (a.start, a_end), (b.start, b_end))
         edits.append(
-            Edit(
-                family="relation_swap",
-                rule=link.kind,
-                replacements=tuple(reps),
-                items=items,
-                symmetric_link=link.symmetric,
-                cross_class=_cross_class(sa, sb, sem),
-                pairs_old=old,
-                pairs_new=new,
+            _exchange_phrases(
+                parsed, tables, slots, link.a, link.b, a_end, b_end, "relation_swap", link.kind, _only_symmetric(parsed, link)
             )
         )
+        possessive = _possessor_exchange(parsed, tables, slots, link.a, link.b, a_end)
+        if possessive is not None:
+            edits.append(possessive)
+    edits += _clause_subjects(parsed, tables, slots)
     edits += preposition_exchanges(parsed, tables.prep_group, sem)
     return edits
+
+
+def _possessor(toks: Toks, p: NounPhrase) -> NounPhrase | None:
+    """The possessor phrase inside ``p`` ("a girl" of "a girl's hair"), or None."""
+    for i in range(p.start, p.noun):
+        t = toks[i]
+        if t.dep == "poss" and t.pos in ("NOUN", "PROPN") and t.head == p.noun and i + 1 < p.noun and toks[i + 1].dep == "case":
+            nominal = i
+            while nominal > p.start and toks[nominal - 1].dep == "compound" and toks[nominal - 1].head == i:
+                nominal -= 1
+            start = i
+            while start > p.start and toks[start - 1].head == i:  # "a little girl's", not "an open | farmer's"
+                start -= 1
+            return NounPhrase(start, i + 1, i, i, nominal, None, None, None, t.tag in ("NNS", "NNPS"))
+    return None
+
+
+def _possessor_exchange(
+    parsed: ParsedCaption, tables: SwapTables, slots: list[Slot], ia: int, ib: int, a_end: int
+) -> Edit | None:
+    """Exchange phrase ``ia`` with the possessor inside phrase ``ib`` (rule ``possessive``): "A man
+    holding a woman's hand" -> "A woman holding a man's hand". The possessive ending follows the new
+    possessor's number ("the dogs' owner"); a pronoun that refers to either refuses the edit. Only
+    people and animals change places here (a possessor is a person or an animal far more often than
+    not, and "a hospital bed's hand" is nonsense): other classes are ``class_mismatch``."""
+    toks = parsed.toks
+    sem = tables.sem
+    a, b = parsed.phrases[ia], parsed.phrases[ib]
+    q = _possessor(toks, b)
+    if q is None or a_end > b.start:
+        return None
+    sa, sq = slots[ia], slot_of(toks, q, sem)
+    items = (_norm(span_words(toks, a.start, a_end)), _norm(span_words(toks, q.start, q.end)))
+    reason = _class_reject(sa, sq, sem, whole_phrases=True)
+    if not reason and not (sa.cls in _ANIMATE and sq.cls in _ANIMATE):
+        reason = "class_mismatch"
+    if reason:
+        return _rejected("relation_swap", "possessive", reason, items)
+    for t in toks:
+        if t.pos == "PRON" and t.lower in _PRONOUN_FORMS and _referent(t, parsed.phrases, slots, tables.gender) in (ia, ib):
+            return _rejected("relation_swap", "possessive", "pronoun", items)
+    if _coordinated(toks, parsed.children, a):
+        return _rejected("relation_swap", "possessive", "coordinated", items)
+    moved_a = _moved_phrase(toks, a, a_end, _countability(sa.key, sem) == "mass")
+    reps = [
+        Replacement(a.start, a_end, _moved_phrase(toks, q, q.end, _countability(sq.key, sem) == "mass")),
+        Replacement(q.start, q.end, moved_a),
+    ]
+    ending = "'" if sa.plural and moved_a.endswith("s") else "'s"
+    case = toks[q.end]
+    if case.text != ending and case.text in ("'s", "'", "’s", "’"):
+        reps.append(Replacement(q.end, q.end + 1, ending))
+    reps += _subject_agreement(toks, parsed.children, a, sq.plural, sa.plural)
+    old, new = exchange_pairs(parsed.deps, toks, parsed.children, parsed.lemmas, (a.start, a_end), (q.start, q.end))
+    return Edit(
+        family="relation_swap",
+        rule="possessive",
+        replacements=tuple(reps),
+        items=items,
+        cross_class=_cross_class(sa, sq, sem),
+        pairs_old=old,
+        pairs_new=new,
+    )
+
+
+_ANIMATE = frozenset({"person", "animal"})
+#: how a second clause hangs on the first ("while a woman watches", "and a dog sleeps")
+_CLAUSE_DEPS = frozenset({"advcl", "conj"})
+
+
+def _clause_subjects(parsed: ParsedCaption, tables: SwapTables, slots: list[Slot] | None) -> list[Edit]:
+    """Exchange the subjects of two clauses (rule ``clause_subject``), whole: "A man is cooking
+    while a woman watches" -> "A woman is cooking while a man watches"; each verb follows its new
+    subject's number."""
+    toks = parsed.toks
+    subjects = [
+        n for n, p in enumerate(parsed.phrases)
+        if toks[p.head].dep in ("nsubj", "nsubjpass") and toks[p.head].head != p.head
+    ]
+    if len(subjects) < 2:
+        return []
+    if slots is None:
+        slots = _slots(parsed, tables.sem)
+    out: list[Edit] = []
+    for ia, ib in combinations(subjects, 2):
+        a, b = parsed.phrases[ia], parsed.phrases[ib]
+        va, vb = toks[a.head].head, toks[b.head].head
+        if va == vb or not (toks[vb].dep in _CLAUSE_DEPS and toks[vb].head == va or toks[va].dep in _CLAUSE_DEPS and toks[va].head == vb):
+            continue
+        if finite_verb(toks, parsed.children, va) is None or finite_verb(toks, parsed.children, vb) is None:
+            continue  # "watches two sheep cross a lane": a bare verb's subject is the first verb's object
+        if _link_between(parsed, ia, ib) is not None:
+            continue  # a relation between them is exchanged as such
+        a_end, b_end = _with_complement(parsed, a), _with_complement(parsed, b)
+        if not (_whole(parsed, a, a_end, b) and _whole(parsed, b, b_end, None)):
+            continue
+        if _coordinated(toks, parsed.children, a) or _coordinated(toks, parsed.children, b):
+            out.append(_rejected("relation_swap", "clause_subject", "coordinated", (slots[ia].key, slots[ib].key)))
+            continue
+        out.append(_exchange_phrases(parsed, tables, slots, ia, ib, a_end, b_end, "relation_swap", "clause_subject", False))
+    return out
 
 
 #: classes whose "in" means wearing, not a place ("a man in a red shirt", "a woman in green")
@@ -665,12 +817,17 @@ _MOVABLE = frozenset({"colour", "size", "shape", "material", "pattern", "age", "
 
 @register("attribute_swap")
 def attribute_swap(parsed: ParsedCaption, res: Resources) -> list[Edit]:
-    """Three rules, named by the modifier type they move (``colour``, ``size``... ``count``):
+    """Four rules, exchanges first (``Edit.tier``):
 
-    - exchange two modifiers of one type ("a white cat on a black mat" -> "a black cat on a white mat");
-    - move a modifier to a phrase with none of its type ("a white cat on a mat" -> "a cat on a white mat");
-    - exchange a number with a singular article, re-inflecting both nouns ("two dogs and a cat" ->
-      "a dog and two cats").
+    - ``exchange``: exchange two modifiers of one type ("a white cat on a black mat" -> "a black cat
+      on a white mat");
+    - ``cross_exchange``: exchange the modifiers of two objects whatever their types, each fitting
+      its new noun ("a small dog next to a white cat" -> "a white dog next to a small cat"); a
+      phrase never ends up with two modifiers of one type, and modifiers keep their usual order;
+    - ``count``: exchange a number with a singular article, re-inflecting both nouns ("two dogs and
+      a cat" -> "a dog and two cats");
+    - ``move``: move a modifier to a phrase with none of its type ("a white cat on a mat" -> "a cat
+      on a white mat").
     """
     tables = tables_of(res)
     sem = tables.sem
@@ -682,17 +839,21 @@ def attribute_swap(parsed: ParsedCaption, res: Resources) -> list[Edit]:
         sa, sb = slots[ia], slots[ib]
         if not sa.units and not sb.units:
             continue
-        link = _link_between(parsed, ia, ib)
-        symmetric_link = bool(link and link.symmetric)
+        symmetric_link = _only_symmetric(parsed, _link_between(parsed, ia, ib))
         for ua in sa.units:
-            if ua.type not in _SWAPPED_TYPES:
-                continue
             for ub in sb.units:
-                if ub.type != ua.type or ua.words == ub.words:
+                if ua.words == ub.words:
                     continue
-                if ua.type == "count" and not (sa.plural and sb.plural):
-                    continue  # "one dog" and "two cats" would need new noun forms
-                edits.append(_exchange(parsed, sem, a, b, sa, sb, ua, ub, symmetric_link))
+                if ub.type == ua.type:
+                    if ua.type not in _SWAPPED_TYPES:
+                        continue
+                    if ua.type == "count" and not (sa.plural and sb.plural):
+                        continue  # "one dog" and "two cats" would need new noun forms
+                    edits.append(_exchange(parsed, sem, a, b, sa, sb, ua, ub, symmetric_link))
+                elif ua.type in _MOVABLE and ub.type in _MOVABLE and _cross_fits(parsed.toks, sa, ua, ub, sem) and _cross_fits(
+                    parsed.toks, sb, ub, ua, sem
+                ):
+                    edits.append(_exchange(parsed, sem, a, b, sa, sb, ua, ub, symmetric_link, "cross_exchange"))
         for src, dst, p_src, p_dst in ((sa, sb, a, b), (sb, sa, b, a)):
             types = {u.type for u in dst.units}
             if src.cls in sem.never_swapped or dst.cls in sem.never_swapped:
@@ -707,24 +868,41 @@ def attribute_swap(parsed: ParsedCaption, res: Resources) -> list[Edit]:
     return edits
 
 
+def _cross_fits(toks: Toks, s: Slot, out: Unit, into: Unit, sem: Semantics) -> bool:
+    """Whether ``into`` can take the place of ``out`` in phrase ``s`` (a modifier of another type):
+    not on a body part, no second modifier of its type, and the phrase's modifiers stay in their
+    usual order ("a small red ball" never becomes "a red wooden ball" by way of "a wooden red ball")."""
+    if s.cls in sem.never_swapped:
+        return False
+    rank = _order(toks, into)
+    for v in s.units:
+        if v is out:
+            continue
+        if v.type == into.type:
+            return False
+        if (v.start < out.start and _order(toks, v) > rank) or (v.start > out.start and _order(toks, v) < rank):
+            return False
+    return True
+
+
 def _exchange(
     parsed: ParsedCaption, sem: Semantics, a: NounPhrase, b: NounPhrase, sa: Slot, sb: Slot, ua: Unit, ub: Unit,
-    symmetric_link: bool,
+    symmetric_link: bool, rule: str = "exchange",
 ) -> Edit:
     toks = parsed.toks
     ta, tb = span_words(toks, ua.start, ua.end), span_words(toks, ub.start, ub.end)
     items = (ta.lower(), tb.lower())
     if not (_fits_all(ub.words, sa.cls, sem) and _fits_all(ua.words, sb.cls, sem)):
-        return _rejected("attribute_swap", ua.type, "class_mismatch", items)
+        return _rejected("attribute_swap", rule, "class_mismatch", items)
     if _repeats(sa.units, ua, ub) or _repeats(sb.units, ub, ua):
-        return _rejected("attribute_swap", ua.type, "same_word", items)
+        return _rejected("attribute_swap", rule, "same_word", items)
     symmetric = symmetric_link and _is_permutation(
         parsed, a, b, _phrase_with(toks, a, ua.start, ua.end, tb), _phrase_with(toks, b, ub.start, ub.end, ta)
     )
     old, new = exchange_pairs(parsed.deps, toks, parsed.children, parsed.lemmas, (ua.start, ua.end), (ub.start, ub.end))
     return Edit(
         family="attribute_swap",
-        rule=ua.type,
+        rule=rule,
         replacements=(Replacement(ua.start, ua.end, tb), Replacement(ub.start, ub.end, ta)),
         items=items,
         symmetric_link=symmetric,
@@ -742,9 +920,9 @@ def _move(
     text = span_words(toks, u.start, u.end)
     items = (text.lower(), "")
     if not _fits_all(u.words, sb.cls, sem):
-        return _rejected("attribute_swap", u.type, "class_mismatch", items)
+        return _rejected("attribute_swap", "move", "class_mismatch", items)
     if any(w in u.words for v in sb.units for w in v.words):
-        return _rejected("attribute_swap", u.type, "same_word", items)
+        return _rejected("attribute_swap", "move", "same_word", items)
     # where it goes: before the first modifier of b that comes later in the usual order, else
     # right before the name
     at = sb.name_start
@@ -778,12 +956,13 @@ def _move(
             new.append((p.rel, noun_b, lem[p.d]))
     return Edit(
         family="attribute_swap",
-        rule=u.type,
+        rule="move",
         replacements=(out, into),
         items=items,
         symmetric_link=symmetric,
         pairs_old=tuple(old),
         pairs_new=tuple(new),
+        tier=TIERS["attribute_swap"]["move"],
     )
 
 
@@ -840,6 +1019,7 @@ def _count_for_article(
         items=items,
         pairs_old=tuple(old),
         pairs_new=tuple(new),
+        tier=TIERS["attribute_swap"]["count"],
     )
 
 
@@ -912,6 +1092,18 @@ def slot_form(slot: Slot, key: str, sem: Semantics, sentence_start: bool) -> tup
 
 @register("object_swap")
 def object_swap(parsed: ParsedCaption, res: Resources) -> list[Edit]:
+    """Two rules:
+
+    - ``phrase``: exchange two whole noun phrases with their determiners, numbers, modifiers,
+      compounds and "of" complements ("a large van in front of a small car" -> "a small car in
+      front of a large van"), re-agreeing verbs and pronouns;
+    - ``noun``: exchange the two names alone, each taking the number its new place allows ("two
+      dogs on a bench" -> "two benches on a dog"), only where neither phrase has a modifier beyond
+      its number (a modifier left behind would be an attribute edit too: "a large car in front of a
+      small van").
+
+    ``phrase`` ranks first (``Edit.tier``).
+    """
     tables = tables_of(res)
     sem = tables.sem
     toks = parsed.toks
@@ -926,52 +1118,87 @@ def object_swap(parsed: ParsedCaption, res: Resources) -> list[Edit]:
         if part_of(toks, a, b):
             continue  # "a bouquet of flowers" -> "a flower of bouquets" is word salad
         sa, sb = slots[ia], slots[ib]
-        items = (sa.key, sb.key)
-        reason = _class_reject(sa, sb, sem)
-        if not reason and not (_units_fit(sa.units, sb.cls, sem) and _units_fit(sb.units, sa.cls, sem)):
-            reason = "class_mismatch"  # the modifiers stay: "an open refrigerator" never becomes "an open dog"
-        if reason:
-            edits.append(_rejected("object_swap", "noun", reason, items))
-            continue
-        fa = slot_form(sa, sb.key, sem, sa.name_start == 0)
-        fb = slot_form(sb, sa.key, sem, sb.name_start == 0)
-        if fa is None or fb is None:
-            edits.append(_rejected("object_swap", "noun", "agreement", items))
-            continue
-        (ta, pa), (tb, pb) = fa, fb
-        ta = _with_prefix(toks, sb, b, ta)
-        tb = _with_prefix(toks, sa, a, tb)
-        pron = pronoun_changes(parsed, slots, tables.gender, {ia: (sb, pa), ib: (sa, pb)})
-        if pron is None:
-            edits.append(_rejected("object_swap", "noun", "pronoun", items))
-            continue
         link = _link_between(parsed, ia, ib)
-        symmetric = bool(
-            link
-            and link.symmetric
-            and _is_permutation(
-                parsed, a, b,
-                _phrase_with(toks, a, sa.name_start, a.noun + 1, ta),
-                _phrase_with(toks, b, sb.name_start, b.noun + 1, tb),
+        a_end, b_end = _with_complement(parsed, a), _with_complement(parsed, b)
+        whole = _whole(parsed, a, a_end, b) and _whole(parsed, b, b_end, None)
+        if whole:
+            edits.append(
+                _exchange_phrases(parsed, tables, slots, ia, ib, a_end, b_end, "object_swap", "phrase",
+                                  _only_symmetric(parsed, link))
             )
-        )
-        reps = [Replacement(sa.name_start, a.noun + 1, ta), Replacement(sb.name_start, b.noun + 1, tb), *pron]
-        reps += _subject_agreement(toks, parsed.children, a, pa, sa.plural)
-        reps += _subject_agreement(toks, parsed.children, b, pb, sb.plural)
-        old, new = exchange_pairs(parsed.deps, toks, parsed.children, parsed.lemmas, (sa.name_start, a.noun + 1), (sb.name_start, b.noun + 1))
-        edits.append(
-            Edit(
-                family="object_swap",
-                rule="noun",
-                replacements=tuple(reps),
-                items=items,
-                symmetric_link=symmetric,
-                cross_class=_cross_class(sa, sb, sem),
-                pairs_old=old,
-                pairs_new=new,
-            )
-        )
+        if _modified(sa) or _modified(sb):
+            continue
+        if whole and _determiners(toks, a.start, sa.name_start) == _determiners(toks, b.start, sb.name_start):
+            continue  # the same determiners: exchanging the names is exchanging the phrases
+        edits.append(_noun_exchange(parsed, tables, slots, ia, ib, link))
     return edits
+
+
+def _determiners(toks: Toks, start: int, end: int) -> str:
+    """The words before a name, for comparison ("a" and "an" are one word here, "the" another)."""
+    return " ".join("a" if w == "an" else w for w in span_words(toks, start, end).lower().split())
+
+
+def _modified(s: Slot) -> bool:
+    """Whether a phrase has a modifier beyond its number or quantifier ("two", "several", "own")."""
+    return any(u.type not in ("count", "quantifier") for u in s.units)
+
+
+def _whole(parsed: ParsedCaption, p: NounPhrase, end: int, nxt: NounPhrase | None) -> bool:
+    """Whether ``p`` (with its complements up to ``end``) can move as a whole object: it ends before
+    the phrase ``nxt`` and completes no other phrase ("a bouquet of | flowers", "a lot of | fruit")."""
+    toks = parsed.toks
+    if nxt is not None and end > nxt.start:
+        return False
+    return not _completes_of(toks, p) and not any(part_of(toks, q, p) for q in parsed.phrases)
+
+
+def _noun_exchange(
+    parsed: ParsedCaption, tables: SwapTables, slots: list[Slot], ia: int, ib: int, link: Link | None
+) -> Edit:
+    """Exchange the names of phrases ``ia`` and ``ib`` (neither has a modifier), each re-inflected
+    for the determiners of its new place."""
+    sem = tables.sem
+    toks = parsed.toks
+    a, b = parsed.phrases[ia], parsed.phrases[ib]
+    sa, sb = slots[ia], slots[ib]
+    items = (sa.key, sb.key)
+    reason = _class_reject(sa, sb, sem)
+    if reason:
+        return _rejected("object_swap", "noun", reason, items)
+    fa = slot_form(sa, sb.key, sem, sa.name_start == 0)
+    fb = slot_form(sb, sa.key, sem, sb.name_start == 0)
+    if fa is None or fb is None:
+        return _rejected("object_swap", "noun", "agreement", items)
+    (ta, pa), (tb, pb) = fa, fb
+    ta = _with_prefix(toks, sb, b, ta)
+    tb = _with_prefix(toks, sa, a, tb)
+    pron = pronoun_changes(parsed, slots, tables.gender, {ia: (sb, pa), ib: (sa, pb)})
+    if pron is None:
+        return _rejected("object_swap", "noun", "pronoun", items)
+    symmetric = bool(
+        _only_symmetric(parsed, link)
+        and _is_permutation(
+            parsed, a, b,
+            _phrase_with(toks, a, sa.name_start, a.noun + 1, ta),
+            _phrase_with(toks, b, sb.name_start, b.noun + 1, tb),
+        )
+    )
+    reps = [Replacement(sa.name_start, a.noun + 1, ta), Replacement(sb.name_start, b.noun + 1, tb), *pron]
+    reps += _subject_agreement(toks, parsed.children, a, pa, sa.plural)
+    reps += _subject_agreement(toks, parsed.children, b, pb, sb.plural)
+    old, new = exchange_pairs(parsed.deps, toks, parsed.children, parsed.lemmas, (sa.name_start, a.noun + 1), (sb.name_start, b.noun + 1))
+    return Edit(
+        family="object_swap",
+        rule="noun",
+        replacements=tuple(reps),
+        items=items,
+        symmetric_link=symmetric,
+        cross_class=_cross_class(sa, sb, sem),
+        pairs_old=old,
+        pairs_new=new,
+        tier=TIERS["object_swap"]["noun"],
+    )
 
 
 def _with_prefix(toks: Toks, s: Slot, p: NounPhrase, form: str) -> str:
