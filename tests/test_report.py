@@ -247,6 +247,12 @@ def test_report_json_counts_equal_the_dataset(tmp_path: Path):
         "candidates_per_caption": {"0": 1, "1": 2, "3": 1},
         "length_change": {"mean": 0.0, "min": 0, "max": 0, "unchanged_share": 1.0},
         "generated": 9, "rejected": {"over_k": 1, "symmetric": 3},
+        # one rule made them all; three captions offer an example and three are kept, in row order
+        "rules": {"test_rule": {"negatives": 5, "share": 1.0, "examples": {
+            "1": {"positive": "A man riding a horse on a city street.", "negative": "A horse riding a man on a city street."},
+            "2": {"positive": "A man with a red helmet on a small moped.", "negative": "A red helmet with a man on a small moped."},
+            "3": {"positive": "A young girl inhales with the intent of blowing out a candle.",
+                  "negative": "The intent inhales with a young girl of blowing out a candle."}}}},
     }
     # "in front of" -> "behind": two words shorter
     assert report["families"]["relation_replace"]["length_change"] == {"mean": -2.0, "min": -2, "max": -2, "unchanged_share": 0.0}
@@ -381,6 +387,10 @@ def test_cli_maps_flags_onto_the_config(tmp_path: Path):
     assert main(["-q", "report", str(ds), "--out", str(out), "--no-learned"]) == 0
     assert "learned_check" not in json.loads((out / REPORT_JSON).read_text())
     assert main(["-q", "report", str(ds), "--set", "learned.nope=1"]) == 2
+    assert main(["-q", "report", str(ds), "--out", str(out), "--no-learned", "--rule-examples", "1"]) == 0
+    rules = json.loads((out / REPORT_JSON).read_text())["families"]["relation_swap"]["rules"]
+    assert list(rules["test_rule"]["examples"]) == ["1"]
+    assert main(["-q", "report", str(ds), "--rule-examples", "-1"]) == 2
     assert main(["-q", "report", str(tmp_path / "missing")]) == 1
 
 
@@ -408,3 +418,165 @@ def test_tally_counts_null_lists_as_none_and_falls_back_to_the_id_for_the_group(
     assert fams["relation_swap"].per_caption == {0: 3, 1: 1} and fams["relation_swap"].length_change == {0: 1}
     assert fams["object_swap"].per_caption == {0: 3, 2: 1} and fams["object_swap"].length_change == {-1: 1, 1: 1}
     assert fams["attribute_replace"].per_caption == {0: 4} and fams["attribute_replace"].length_change == {}
+
+
+# --------------------------------------------------------------------------- the report per rule
+
+# (positive, [(family, rule, negative, plausibility in bits or None)]); rule names are whatever the rows carry
+RULED = [
+    ("A dog chasing a cat on the grass.", [
+        ("relation_swap", "exchange", "A cat chasing a dog on the grass.", -1.25),
+        ("object_replace", "sibling", "A wolf chasing a cat on the grass.", None)]),
+    ("A man riding a horse on a beach.", [
+        ("relation_swap", "exchange", "A horse riding a man on a beach.", -3.5),
+        ("relation_swap", "move", "A man on a beach riding a horse.", 0.75)]),
+    ("A girl holding a kite near a boy.", [
+        ("relation_swap", "exchange", "A kite holding a girl near a boy.", -4.0),
+        ("relation_swap", "exchange", "A boy holding a kite near a girl.", -0.5),
+        ("relation_swap", "cross_exchange", "A girl near a boy holding a kite.", -1.0)]),
+    ("A cup next to a plate on a table.", [
+        ("relation_swap", "cross_exchange", "A plate next to a cup on a table.", 0.25),
+        ("object_replace", "phrase", "A mug next to a plate on a table.", None)]),
+    ("A cat sleeping on a red couch.", [
+        ("relation_swap", "exchange", "A red couch sleeping on a cat.", -5.0),
+        ("object_replace", "phrase", "A dog sleeping on a red couch.", None)]),
+    ("A bus parked beside a tree.", []),
+]
+
+
+def ruled_dataset(root: Path) -> Path:
+    """Six captions without a manifest: relation_swap negatives of three rules (5, 2 and 1 of them, scored),
+    object_replace negatives of two (2 and 1, not scored)."""
+    rows = []
+    for i, (caption, negs) in enumerate(RULED):
+        rec = CaptionRecord(id=f"r{i}", caption=caption, image_path=f"img{i}.jpg", source="t", split="test", group=f"img{i}")
+        cands: dict[str, list[Candidate]] = {}
+        for fam, rule, text, bits in negs:
+            cands.setdefault(fam, []).append(Candidate(text, fam, rule, (), (), plausibility=bits))
+        rows.append(to_row(rec, cands))
+    write_table_atomic(rows_to_table(rows, arrow_schema({})), root / "test/part-00000-of-00001.parquet", row_group_size=2)
+    return root
+
+
+def test_report_counts_each_rule_and_samples_its_examples_from_the_seed(tmp_path: Path):
+    ds = ruled_dataset(tmp_path / "ds")
+    report = build_report(ds, tmp_path / "rep", ReportConfig(rule_examples=2, learned=LearnedConfig(enabled=False)))
+    assert list(report["families"]) == ["relation_swap", "object_replace"]
+    rs = report["families"]["relation_swap"]["rules"]
+    assert list(rs) == ["exchange", "cross_exchange", "move"]  # most negatives first
+    assert {r: (v["negatives"], v["share"]) for r, v in rs.items()} == {
+        "exchange": (5, 0.625), "cross_exchange": (2, 0.25), "move": (1, 0.125)}
+    # exchange: four captions offer one example each (the third a seeded pick of its two); two are kept
+    assert rs["exchange"]["examples"] == {
+        "1": {"positive": "A girl holding a kite near a boy.", "negative": "A boy holding a kite near a girl.", "plausibility": -0.5},
+        "2": {"positive": "A man riding a horse on a beach.", "negative": "A horse riding a man on a beach.", "plausibility": -3.5},
+    }
+    assert rs["cross_exchange"]["examples"] == {
+        "1": {"positive": "A girl holding a kite near a boy.", "negative": "A girl near a boy holding a kite.", "plausibility": -1.0},
+        "2": {"positive": "A cup next to a plate on a table.", "negative": "A plate next to a cup on a table.", "plausibility": 0.25},
+    }
+    assert rs["move"]["examples"] == {
+        "1": {"positive": "A man riding a horse on a beach.", "negative": "A man on a beach riding a horse.", "plausibility": 0.75}}
+    # not scored: no plausibility key (the report holds no nulls); shares rounded to 4 places like coverage
+    orr = report["families"]["object_replace"]["rules"]
+    assert orr == {
+        "phrase": {"negatives": 2, "share": 0.6667, "examples": {
+            "1": {"positive": "A cup next to a plate on a table.", "negative": "A mug next to a plate on a table."},
+            "2": {"positive": "A cat sleeping on a red couch.", "negative": "A dog sleeping on a red couch."}}},
+        "sibling": {"negatives": 1, "share": 0.3333, "examples": {
+            "1": {"positive": "A dog chasing a cat on the grass.", "negative": "A wolf chasing a cat on the grass."}}},
+    }
+    assert all(isinstance(v, (int, float, str)) for v in dict(_leaves(report)).values())
+
+    # another seed keeps the counts and draws another sample
+    other = build_report(ds, tmp_path / "other", ReportConfig(rule_examples=2, blind=BlindConfig(seed=2),
+                                                              learned=LearnedConfig(enabled=False)))
+    o = other["families"]["relation_swap"]["rules"]["exchange"]
+    assert o["negatives"] == 5
+    assert [ex["positive"] for ex in o["examples"].values()] == ["A dog chasing a cat on the grass.", "A cat sleeping on a red couch."]
+
+
+def test_report_md_shows_each_family_rules_by_share(tmp_path: Path):
+    ds = ruled_dataset(tmp_path / "ds")
+    build_report(ds, tmp_path / "rep", ReportConfig(examples=1, rule_examples=2, learned=LearnedConfig(enabled=False)))
+    md = (tmp_path / "rep" / REPORT_MD).read_text()
+    examples = md[md.index("## Examples"):]
+    section = examples[examples.index("**relation_swap**"):examples.index("**object_replace**")]
+    assert section == (
+        "**relation_swap**\n\n"
+        "| positive | negative |\n|---|---|\n"
+        "| A dog chasing a cat on the grass. | A cat chasing a dog on the grass. |\n\n"
+        "| rule | negatives | share | positive | negative | plausibility (bits) |\n"
+        "|---|---:|---:|---|---|---:|\n"
+        "| exchange | 5 | 62.5% | A girl holding a kite near a boy. | A boy holding a kite near a girl. | -0.50 |\n"
+        "| | | | A man riding a horse on a beach. | A horse riding a man on a beach. | -3.50 |\n"
+        "| cross_exchange | 2 | 25.0% | A girl holding a kite near a boy. | A girl near a boy holding a kite. | -1.00 |\n"
+        "| | | | A cup next to a plate on a table. | A plate next to a cup on a table. | +0.25 |\n"
+        "| move | 1 | 12.5% | A man riding a horse on a beach. | A man on a beach riding a horse. | +0.75 |\n\n"
+    )
+    # a family without scores has no plausibility column
+    assert ("| rule | negatives | share | positive | negative |\n|---|---:|---:|---|---|\n"
+            "| phrase | 2 | 66.7% | A cup next to a plate on a table. | A mug next to a plate on a table. |\n") in md
+
+
+def test_rule_examples_zero_keeps_the_counts_and_the_family_examples(tmp_path: Path):
+    ds = ruled_dataset(tmp_path / "ds")
+    on = build_report(ds, tmp_path / "on", ReportConfig(examples=2, learned=LearnedConfig(enabled=False)))
+    off = build_report(ds, tmp_path / "off", ReportConfig(examples=2, rule_examples=0, learned=LearnedConfig(enabled=False)))
+    rules = off["families"]["relation_swap"]["rules"]
+    assert rules == {"exchange": {"negatives": 5, "share": 0.625}, "cross_exchange": {"negatives": 2, "share": 0.25},
+                     "move": {"negatives": 1, "share": 0.125}}
+    assert {r: {"negatives": v["negatives"], "share": v["share"]} for r, v in on["families"]["relation_swap"]["rules"].items()} == rules
+    md_on, md_off = ((tmp_path / d / REPORT_MD).read_text() for d in ("on", "off"))
+    assert "| rule | negatives | share |\n|---|---:|---:|\n| exchange | 5 | 62.5% |\n| cross_exchange | 2 | 25.0% |\n" in md_off
+    # the rule sample draws from its own random stream: the family examples are the same either way
+
+    def family_examples(md: str) -> list[str]:
+        return [line for line in md[md.index("## Examples"):].splitlines() if line.count(" | ") == 1 and "---" not in line]
+
+    assert family_examples(md_on) == family_examples(md_off) == [
+        "| positive | negative |",
+        "| A dog chasing a cat on the grass. | A cat chasing a dog on the grass. |",
+        "| A man riding a horse on a beach. | A horse riding a man on a beach. |",
+        "| positive | negative |",
+        "| A dog chasing a cat on the grass. | A wolf chasing a cat on the grass. |",
+        "| A cup next to a plate on a table. | A mug next to a plate on a table. |",
+    ]
+
+
+def test_rule_examples_is_validated():
+    with pytest.raises(ConfigError, match="rule_examples must be >= 0, got -1"):
+        build_report("unused", None, ReportConfig(rule_examples=-1))
+    from pipeline.core.config import from_dict
+
+    with pytest.raises(ConfigError, match="rule_example"):
+        from_dict(ReportConfig, {"rule_example": 2})  # a typo is named, never a silent default
+    assert from_dict(ReportConfig, {"rule_examples": "4"}).rule_examples == 4
+
+
+def test_provenance_is_read_without_its_spans_from_null_lists_slices_and_1_0_shards():
+    import pyarrow as pa
+
+    from pipeline.contract.schema import PROVENANCE, PROVENANCE_TYPE
+    from pipeline.report.report import _slim_provenance
+    from pipeline.report.tally import RuleExample, RuleSample
+
+    entry = {"family": "object_swap", "rule": "move", "text": "A mat on a cat.", "token_spans": [[1, 2]],
+             "char_spans": [[2, 5]], "plausibility": 1.5}
+    rows = [{"caption": "A cat on a mat.", PROVENANCE: [entry]}, {"caption": "A dog.", PROVENANCE: None},
+            {"caption": "Two cats.", PROVENANCE: []}, {"caption": "A cup.", PROVENANCE: [dict(entry, rule="phrase", text="A mug.")]}]
+    v1_1 = pa.schema([("caption", pa.string()), (PROVENANCE, PROVENANCE_TYPE)])
+    v1_0 = pa.schema([("caption", pa.string()), (PROVENANCE, pa.list_(pa.struct([f for f in PROVENANCE_TYPE.value_type
+                                                                                   if f.name != "plausibility"])))])
+    batch = pa.RecordBatch.from_pylist(rows, schema=v1_1).slice(1)  # a slice: offsets do not start at 0
+    assert [r[PROVENANCE] for r in _slim_provenance(batch).to_pylist()] == [
+        None, [], [{"family": "object_swap", "rule": "phrase", "text": "A mug.", "plausibility": 1.5}]]
+    old = _slim_provenance(pa.RecordBatch.from_pylist(rows[:1], schema=v1_0))
+    assert old.to_pylist()[0][PROVENANCE] == [{"family": "object_swap", "rule": "move", "text": "A mat on a cat."}]
+
+    sample = RuleSample(1, seed=0)
+    for r in [*_slim_provenance(batch).to_pylist(), *old.to_pylist()]:
+        sample.add(r)
+    assert sample.rules("object_swap") == [("move", 1, [RuleExample("A cat on a mat.", "A mat on a cat.", None)]),
+                                           ("phrase", 1, [RuleExample("A cup.", "A mug.", 1.5)])]
+    assert sample.rules("relation_swap") == []

@@ -15,7 +15,7 @@ def report_config_from_args(args: argparse.Namespace) -> ReportConfig:
     flags = {
         "blind.heldout_fraction": args.heldout_fraction, "blind.order": args.order,
         "blind.seed": args.seed, "blind.max_pairs": args.max_pairs, "examples": args.examples,
-        "learned.enabled": False if args.no_learned else None,
+        "rule_examples": args.rule_examples, "learned.enabled": False if args.no_learned else None,
     }
     return config_from_args(ReportConfig, args, flags)
 
@@ -44,6 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="seed of the held-out split, pair sample and examples (default 0)")
     p.add_argument("--max-pairs", type=int, help="pairs scored per family, a seeded sample (default 5000)")
     p.add_argument("--examples", type=int, help="examples per family in report.md (default 5)")
+    p.add_argument("--rule-examples", type=int,
+                   help="examples per rule of each family in report.json and report.md (default 3; 0: counts and shares only)")
     p.add_argument("--no-learned", action="store_true", help="skip the learned text-only detector (learned.enabled=false)")
     add_config_args(p, "report")
     p.set_defaults(func=_report)

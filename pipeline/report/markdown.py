@@ -2,7 +2,8 @@
 
 One function per section, each returning its lines; :func:`render_markdown` joins them. Every
 figure shown is read from the report dict (or the tallies and check results it was made from), so
-the Markdown and the JSON never disagree.
+the Markdown and the JSON never disagree. Rule names and example texts are arbitrary strings and go
+through :func:`cell`.
 """
 
 from __future__ import annotations
@@ -196,12 +197,37 @@ def _learned_check(report: dict[str, Any], learned: LearnedResult, cfg: ReportCo
 
 
 def _examples(report: dict[str, Any], tallies: dict[str, FamilyTally]) -> list[str]:
-    out = ["## Examples\n", "A seeded sample per family (a positive and one of its negatives).\n"]
-    for f in report["families"]:
-        exs = tallies[f].examples
-        if not exs:
+    out = ["## Examples\n",
+           "A seeded sample per family (a positive and one of its negatives), then the family's rules, most"
+           " negatives first: each rule's negatives, its share of the family, and a seeded sample of what it makes"
+           " (plausibility in bits where the run scored it).\n"]
+    for f, v in report["families"].items():
+        exs, rules = tallies[f].examples, v.get("rules", {})
+        if not exs and not rules:
             continue
-        out += [f"**{f}**\n", "| positive | negative |\n|---|---|"]
-        out.extend(f"| {cell(pos)} | {cell(neg)} |" for pos, neg in exs)
-        out.append("")
+        out.append(f"**{f}**\n")
+        if exs:
+            out += ["| positive | negative |\n|---|---|", *(f"| {cell(pos)} | {cell(neg)} |" for pos, neg in exs), ""]
+        if rules:
+            out += [*_rule_table(rules), ""]
     return out
+
+
+def _rule_table(rules: dict[str, Any]) -> list[str]:
+    """One table of a family's rules: a row per example (the rule's figures on its first), or per rule without examples."""
+    examples = [ex for r in rules.values() for ex in r.get("examples", {}).values()]
+    if not examples:
+        return ["| rule | negatives | share |\n|---|---:|---:|",
+                *(f"| {cell(rule)} | {r['negatives']:,} | {pct(r['share'])} |" for rule, r in rules.items())]
+    scored = any("plausibility" in ex for ex in examples)
+    head = ["| rule | negatives | share | positive | negative |" + (" plausibility (bits) |" if scored else ""),
+            "|---|---:|---:|---|---|" + ("---:|" if scored else "")]
+    out = []
+    for rule, r in rules.items():
+        first = f"| {cell(rule)} | {r['negatives']:,} | {pct(r['share'])} |"
+        for i, ex in enumerate(r.get("examples", {}).values() or [{}]):
+            row = f"{first if i == 0 else '| | | |'} {cell(ex.get('positive', ''))} | {cell(ex.get('negative', ''))} |"
+            if scored:
+                row += f" {ex['plausibility']:+.2f} |" if "plausibility" in ex else " |"
+            out.append(row)
+    return [*head, *out]

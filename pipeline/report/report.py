@@ -3,10 +3,12 @@
 It reads the shards (any dataset in the shard format, so two datasets can be compared) and, when
 present, the manifest beside them, and writes:
 
-- ``report.json``: numbers only (nested dicts, no long lists), so ``dvc metrics show`` reads it and
+- ``report.json``: figures (nested dicts of scalars, no lists), so ``dvc metrics show`` reads it and
   ``hardneg publish`` summarises it in the dataset card (its ``blind_check`` and ``learned_check``
-  sections are one dict of scalars per family, followed by the settings);
-- ``report.md``: the same figures as tables, with examples and the plots linked;
+  sections are one dict of scalars per family, followed by the settings). Each family's ``rules``
+  holds its negatives per rule (from ``provenance``), most first, with their share of the family and
+  ``rule_examples`` seeded examples keyed ``"1"``, ``"2"``, ...: texts, but still no lists;
+- ``report.md``: the same figures as tables, with examples (per family and per rule) and the plots linked;
 - PNG plots: coverage, candidates per caption, length change, skip and reject reasons, blind checks.
 
 Counts come from the shards themselves (what a trainer will read; :mod:`pipeline.report.tally`);
@@ -30,9 +32,11 @@ from pipeline.report.blind import BlindCheck, BlindConfig
 from pipeline.report.learned import LearnedCheck, LearnedConfig
 from pipeline.report.markdown import format_ci, render_markdown
 from pipeline.report.plots import PLOTS, write_plots
-from pipeline.report.tally import DatasetTally, ExampleSample, FamilyTally
+from pipeline.report.tally import DatasetTally, ExampleSample, FamilyTally, RuleExample, RuleSample
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from pipeline.contract.manifest import FamilyCounts, Manifest
 
 log = logging.getLogger(__name__)
@@ -42,6 +46,8 @@ REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 #: rows per batch read from a shard (memory stays flat; the figures do not depend on it)
 BATCH_ROWS = 8192
+#: the fields of a ``provenance`` entry the report reads (the spans are left unconverted)
+PROVENANCE_FIELDS = ("family", "rule", "text", "plausibility")
 
 __all__ = ["PLOTS", "REPORT_JSON", "REPORT_MD", "ReportConfig", "build_report", "format_ci"]
 
@@ -54,12 +60,15 @@ class ReportConfig:
     examples: int = 5
     #: negatives per family that the language model found most obvious, shown in report.md
     obvious_examples: int = 3
+    #: seeded examples per rule of each family, in report.json and report.md (0: counts and shares only)
+    rule_examples: int = 3
     blind: BlindConfig = field(default_factory=BlindConfig)
     learned: LearnedConfig = field(default_factory=LearnedConfig)
 
     def validate(self) -> None:
-        if self.examples < 0 or self.obvious_examples < 0:
-            raise ConfigError("examples and obvious_examples must be >= 0")
+        for key in ("examples", "obvious_examples", "rule_examples"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
         self.blind.validate()
         self.learned.validate()
 
@@ -82,9 +91,11 @@ def build_report(dataset_dir: str | Path, out_dir: str | Path | None = None, cfg
 
     tally = DatasetTally(list(FAMILY_COLUMNS))
     examples = ExampleSample(list(FAMILY_COLUMNS), cfg.examples, cfg.blind.seed)
+    rule_sample = RuleSample(cfg.rule_examples, cfg.blind.seed)
     blind_check = BlindCheck(FAMILY_COLUMNS, cfg.blind)
     learned_check = LearnedCheck(FAMILY_COLUMNS, cfg.learned) if cfg.learned.enabled else None
-    _read(dataset_dir, tally, [examples.add, blind_check.add, *([learned_check.add] if learned_check else [])])
+    consumers = [examples.add, rule_sample.add, blind_check.add, *([learned_check.add] if learned_check else [])]
+    _read(dataset_dir, tally, consumers)
     tallies = tally.families()
     for fam, t in tallies.items():
         t.examples = examples.pool[fam]
@@ -100,7 +111,11 @@ def build_report(dataset_dir: str | Path, out_dir: str | Path | None = None, cfg
     report: dict[str, Any] = {
         "report_version": REPORT_VERSION,
         "dataset": _dataset_section(dataset_dir, tally, manifest),
-        "families": {f: family_section(tallies[f], tally.rows, m_fams.get(f) if manifest else None) for f in families},
+        "families": {
+            f: {**family_section(tallies[f], tally.rows, m_fams.get(f) if manifest else None),
+                "rules": rules_section(rule_sample, f, tallies[f].negatives)}
+            for f in families
+        },
     }
     if manifest is not None:
         report["skipped"] = dict(manifest.skipped)
@@ -141,20 +156,40 @@ def _read(dataset_dir: Path, tally: DatasetTally, row_consumers: list[Any]) -> N
     from tqdm import tqdm
 
     from pipeline.contract.dataset import open_shards
-    from pipeline.contract.schema import CAPTION, FAMILY_COLUMNS, GROUP, ID
+    from pipeline.contract.schema import CAPTION, FAMILY_COLUMNS, GROUP, ID, PROVENANCE
 
     shards = open_shards(dataset_dir)
     total = sum(pq.ParquetFile(f).metadata.num_rows for files in shards.values() for f in files)
-    cols = [ID, CAPTION, GROUP, *FAMILY_COLUMNS]
+    cols = [ID, CAPTION, GROUP, *FAMILY_COLUMNS, PROVENANCE]
     with tqdm(total=total, desc="report", unit=" captions", disable=total < 5000) as bar:
         for split, files in shards.items():
             for f in files:
                 for batch in pq.ParquetFile(f).iter_batches(batch_size=BATCH_ROWS, columns=cols):
                     tally.add(split, batch)
-                    for row in batch.to_pylist():
+                    for row in _slim_provenance(batch).to_pylist():
                         for consume in row_consumers:
                             consume(row)
                     bar.update(batch.num_rows)
+
+
+def _slim_provenance(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """``batch`` with its ``provenance`` entries cut to :data:`PROVENANCE_FIELDS` (a 1.0 shard has no
+    ``plausibility``): converting the spans to Python lists, row by row, would cost more than the rest."""
+    import pyarrow as pa
+
+    from pipeline.contract.schema import PROVENANCE
+
+    i = batch.schema.get_field_index(PROVENANCE)
+    prov = batch.column(i)
+    entries = prov.values
+    children = dict(zip([f.name for f in entries.type], entries.flatten()))
+    keep = [k for k in PROVENANCE_FIELDS if k in children]
+    slim = pa.StructArray.from_arrays([children[k] for k in keep], names=keep)
+    offsets = prov.offsets
+    if prov.null_count and offsets.offset:  # from_arrays takes no null mask with sliced offsets
+        offsets = pa.array(offsets.to_numpy(), offsets.type)
+    lists = pa.ListArray.from_arrays(offsets, slim, mask=prov.is_null() if prov.null_count else None)
+    return batch.set_column(i, PROVENANCE, lists)
 
 
 def _dataset_section(dataset_dir: Path, tally: DatasetTally, manifest: Manifest | None) -> dict[str, Any]:
@@ -193,6 +228,28 @@ def family_section(t: FamilyTally, rows: int, manifest_fam: FamilyCounts | None)
     if manifest_fam is not None:
         out["generated"] = manifest_fam.generated
         out["rejected"] = dict(manifest_fam.rejected)
+    return out
+
+
+def rules_section(sample: RuleSample, family: str, negatives: int) -> dict[str, Any]:
+    """A family's ``rules`` in ``report.json``: per rule (most negatives first) its negatives, its share
+    of the family's ``negatives`` and, when sampled, its examples keyed ``"1"``, ``"2"``, ..."""
+    out: dict[str, Any] = {}
+    for rule, n, examples in sample.rules(family):
+        entry: dict[str, Any] = {"negatives": n, "share": round(n / negatives, 4) if negatives else 0.0}
+        if examples:
+            entry["examples"] = {str(i): _example(ex) for i, ex in enumerate(examples, 1)}
+        out[rule] = entry
+    attributed = sum(v["negatives"] for v in out.values())
+    if attributed != negatives:
+        log.warning("%s: provenance names a rule for %d negatives, the column holds %d", family, attributed, negatives)
+    return out
+
+
+def _example(ex: RuleExample) -> dict[str, Any]:
+    out: dict[str, Any] = {"positive": ex.positive, "negative": ex.negative}
+    if ex.plausibility is not None:
+        out["plausibility"] = round(ex.plausibility, 4)
     return out
 
 

@@ -9,14 +9,18 @@ summed over batches, so memory stays flat whatever the dataset's size:
 Words are counted exactly as Python's ``str.split()`` does (every character ``str.isspace`` knows
 separates words), so the figures equal a row-by-row count. A row's image group is its ``group`` or,
 when that is empty, its ``id``. The seeded examples are a reservoir sample drawn in row order
-(:class:`ExampleSample`); they need the rows one by one, so the caller feeds them.
+(:class:`ExampleSample`); they need the rows one by one, so the caller feeds them. So does
+:class:`RuleSample`, which counts the negatives of each (family, rule) from ``provenance`` (one entry
+per kept negative) and keeps a reservoir of examples per rule: its memory is ``n`` examples and one
+counter per rule, whatever the dataset's size, and it never draws from :class:`ExampleSample`'s
+random stream, so the family examples are the same with or without it.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -143,3 +147,67 @@ class ExampleSample:
         j = self.rng.randrange(self.seen[fam])
         if j < self.n:
             pool[j] = item
+
+
+class RuleExample(NamedTuple):
+    """A positive, one of its negatives made by a rule, and the negative's plausibility (None: not scored)."""
+
+    positive: str
+    negative: str
+    plausibility: float | None
+
+
+class RuleSample:
+    """Negatives per (family, rule) from the rows' ``provenance``, and ``n`` seeded examples per rule.
+
+    A caption offers one example to each (family, rule) it has negatives of, a seeded pick among
+    them, in provenance order; each rule keeps a reservoir sample of the captions offered. The seeded
+    ``random.Random`` is its own (seeded from ``seed`` with a prefix), drawn from in row order, so the
+    sample is that of the whole dataset at any batch size. Rule names are whatever the rows carry.
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        from pipeline.contract.schema import CAPTION, PROVENANCE
+
+        self._caption, self._provenance = CAPTION, PROVENANCE
+        self.n = n
+        self.rng = random.Random(f"rules/{seed}")
+        #: family -> rule -> negatives
+        self.negatives: dict[str, dict[str, int]] = {}
+        #: family -> rule -> captions offered
+        self.seen: dict[str, dict[str, int]] = {}
+        #: family -> rule -> examples (at most ``n``)
+        self.pool: dict[str, dict[str, list[RuleExample]]] = {}
+
+    def add(self, row: dict[str, Any]) -> None:
+        entries = row.get(self._provenance) or []
+        if not entries:
+            return
+        by_rule: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for e in entries:
+            by_rule.setdefault((e.get("family") or "", e.get("rule") or ""), []).append(e)
+        caption = row.get(self._caption) or ""
+        for (fam, rule), es in by_rule.items():
+            counts = self.negatives.setdefault(fam, {})
+            counts[rule] = counts.get(rule, 0) + len(es)
+            if self.n:
+                self._offer(fam, rule, caption, es)
+
+    def _offer(self, fam: str, rule: str, caption: str, entries: list[dict[str, Any]]) -> None:
+        seen = self.seen.setdefault(fam, {})
+        seen[rule] = seen.get(rule, 0) + 1
+        e = entries[self.rng.randrange(len(entries))]
+        item = RuleExample(caption, e.get("text") or "", e.get("plausibility"))
+        pool = self.pool.setdefault(fam, {}).setdefault(rule, [])
+        if len(pool) < self.n:
+            pool.append(item)
+            return
+        j = self.rng.randrange(seen[rule])
+        if j < self.n:
+            pool[j] = item
+
+    def rules(self, family: str) -> list[tuple[str, int, list[RuleExample]]]:
+        """``(rule, negatives, examples)`` of a family, most negatives first (ties by name)."""
+        counts = self.negatives.get(family, {})
+        pool = self.pool.get(family, {})
+        return [(r, n, pool.get(r, [])) for r, n in sorted(counts.items(), key=lambda rn: (-rn[1], rn[0]))]
