@@ -465,3 +465,116 @@ def test_attribute_swap_leaves_words_that_are_not_attributes(parsed):
     # "different" and "own" say nothing about what the noun looks like
     assert proposals(parsed, "a plate containing different varieties of food each in their own bowl", "attribute_swap") == []
     assert texts(parsed, "A red plate with the same blue cup.", "attribute_swap") == ["A blue plate with the same red cup."]
+
+
+# ----------------------------------------------------------------------------- the edits that test binding
+
+
+@pytest.mark.parametrize(
+    "caption, expected",
+    [
+        # attributes of two objects exchanged whatever their types, ranked before the moves
+        (
+            "a small dog next to a white cat",
+            [
+                ("cross_exchange", "a white dog next to a small cat", False, False),
+                ("move", "a dog next to a small white cat", False, False),
+                ("move", "a small white dog next to a cat", False, False),
+            ],
+        ),
+        (
+            "a red bus next to a tall tree",
+            [
+                ("cross_exchange", "a tall bus next to a red tree", False, False),
+                ("move", "a bus next to a tall red tree", False, False),
+                ("move", "a tall red bus next to a tree", False, False),
+            ],
+        ),
+        # the articles re-agree with the words they now meet
+        (
+            "An old car next to a red bike.",
+            [
+                ("cross_exchange", "A red car next to an old bike.", False, False),
+                ("move", "A car next to an old red bike.", False, False),
+                ("move", "An old red car next to a bike.", False, False),
+            ],
+        ),
+        # never two colours on one ball, never "a wooden red ball" against the usual order: only
+        # colour <-> material is exchanged
+        (
+            "A small red ball next to a wooden box.",
+            [
+                ("cross_exchange", "A small wooden ball next to a red box.", False, False),
+                ("move", "A red ball next to a small wooden box.", False, False),
+                ("move", "A small ball next to a red wooden box.", False, False),
+                ("move", "A small red wooden ball next to a box.", False, False),
+            ],
+        ),
+        # no modifier lands on or leaves a body part ("blue hair", "a long shirt")
+        ("A man with long hair and a blue shirt.", [("REJECT", "class_mismatch", ("blue", ""))]),
+    ],
+)
+def test_attribute_exchange_across_types(parsed, caption, expected):
+    assert proposals(parsed, caption, "attribute_swap") == expected
+
+
+def test_exchanges_rank_before_moves(parsed):
+    from pipeline.rules.families.swap import TIERS
+
+    edits = get_family("attribute_swap")(parsed("a small dog next to a white cat"), Resources())
+    assert [(e.rule, e.tier) for e in edits] == [("cross_exchange", 0), ("move", 2), ("move", 2)]
+    assert TIERS["attribute_swap"] == {"exchange": 0, "cross_exchange": 0, "count": 1, "move": 2}
+    assert TIERS["object_swap"] == {"phrase": 0, "noun": 1}
+
+
+@pytest.mark.parametrize(
+    "caption, expected",
+    [
+        # the subject and the possessor of its object exchange (people and animals); the
+        # relation's own exchange is refused by class
+        (
+            "a woman brushing a girl's hair",
+            [
+                ("REJECT", "class_mismatch", ("woman", "girl's hair")),
+                ("possessive", "a girl brushing a woman's hair", False, False),
+            ],
+        ),
+        # the possessive ending follows the new possessor's number
+        (
+            "A dog chasing the cats' toy.",
+            [
+                ("verb_object", "The cats' toy chasing a dog.", False, True),
+                ("possessive", "The cats chasing a dog's toy.", False, False),
+            ],
+        ),
+        # a toy is no person: the possessor stays
+        (
+            "A teddy bear is sitting on a woman's neck.",
+            [
+                ("REJECT", "class_mismatch", ("teddy bear", "woman's neck")),
+                ("REJECT", "class_mismatch", ("teddy bear", "woman")),
+            ],
+        ),
+        # a pronoun that refers to the possessor ("his dog") refuses the exchange
+        (
+            "A man holding his dog's leash next to a woman.",
+            [
+                ("verb_object", "The dog's leash holding a man next to a woman.", False, True),
+                ("REJECT", "pronoun", ("man", "his dog")),
+                ("verb_prep", "A woman holding her dog's leash next to a man.", False, False),
+            ],
+        ),
+        # a number on one side: the verb follows the new subject
+        ("A woman talks to three men.", [("verb_prep", "Three men talk to a woman.", False, False)]),
+        # the subjects of two clauses
+        ("A man is cooking while a woman watches.", [("clause_subject", "A woman is cooking while a man watches.", False, False)]),
+    ],
+)
+def test_relation_swap_possessives_numbers_and_clauses(parsed, caption, expected):
+    assert proposals(parsed, caption, "relation_swap") == expected
+
+
+def test_relation_swap_counts_the_structures_it_cannot_move(parsed):
+    assert proposals(parsed, "Fruits and vegetables are on the stove.", "relation_swap") == [
+        ("REJECT", "coordinated", ("fruit", "stove"))
+    ]

@@ -19,6 +19,8 @@ from pipeline.records import Candidate, Edit, RejectCounts
 REJECT_REASONS = (
     "class_mismatch", "broken_name", "same_kind", "agreement", "pronoun", "symmetric", "same_word", "implausible",
     "identity", "same_image", "duplicate", "repeated_word", "over_k", "rule_error",
+    # the structures whose phrases cannot move whole (relation_swap)
+    "coordinated", "partitive", "complement",
 )
 
 _PUNCT = str.maketrans({c: " " for c in string.punctuation if c != "'"})
