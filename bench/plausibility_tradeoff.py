@@ -10,7 +10,12 @@ check and learned-detector accuracy (when the report has one) into ``tradeoff.js
 and ``tradeoff.png``.
 
   python bench/plausibility_tradeoff.py [--captions ../shared/data/coco_karpathy_test.json]
-      [--values none,-1,-2,-3,-4,-6] [--out /tmp/hardneg-tradeoff] [-j 2]
+      [--values none,-1,-2,-3,-4,-6] [--out /tmp/hardneg-tradeoff] [-j 2] [--before OLD/tradeoff.json]
+
+``--before`` takes the ``tradeoff.json`` of an earlier version of the rules (run this script from
+that version's checkout): the plot draws its curves dashed beside the new ones, and
+``tradeoff.md`` adds the earlier blind check at the new curve's coverage (linear interpolation
+between the earlier points; "-" outside their range).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from pipeline.core.plots import new_figure, save_png  # noqa: E402
 MOVED = ("relation_swap", "object_swap", "relation_replace")
 
 
-def run_one(args: argparse.Namespace, value: str) -> dict[str, dict[str, float | None]]:
+def run_one(args: argparse.Namespace, value: str) -> "dict[str, dict[str, float | None]]":
     v = "null" if value == "none" else value
     tag = "none" if value == "none" else value.replace("-", "m").replace(".", "p")
     out, report = Path(args.out) / f"neg-{tag}", Path(args.out) / f"report-{tag}"
@@ -59,7 +64,7 @@ def run_one(args: argparse.Namespace, value: str) -> dict[str, dict[str, float |
     }
 
 
-def table(results: dict[str, dict[str, dict[str, float | None]]]) -> str:
+def table(results: "Results") -> str:
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{100 * x:.1f}"
 
@@ -71,17 +76,51 @@ def table(results: dict[str, dict[str, dict[str, float | None]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(results: dict[str, dict[str, dict[str, float | None]]], path: Path) -> None:
+Results = dict[str, dict[str, dict[str, float | None]]]
+
+
+def _curve(results: Results, fam: str) -> list[tuple[str, float, float]]:
+    """(floor, coverage, blind) of one family, by coverage."""
+    return sorted(
+        ((v, f[fam]["coverage"], f[fam]["blind"]) for v, f in results.items()
+         if f[fam]["blind"] is not None and f[fam]["coverage"] is not None),
+        key=lambda x: x[1],
+    )  # type: ignore[arg-type,return-value]
+
+
+def at_coverage(curve: list[tuple[str, float, float]], coverage: float) -> float | None:
+    """The blind check of ``curve`` at ``coverage``, linearly interpolated; None outside its range."""
+    for (_, c0, b0), (_, c1, b1) in zip(curve, curve[1:]):
+        if c0 <= coverage <= c1:
+            return b0 if c1 == c0 else b0 + (b1 - b0) * (coverage - c0) / (c1 - c0)
+    if curve and curve[0][1] == coverage:
+        return curve[0][2]
+    return None
+
+
+def comparison(results: Results, before: Results) -> str:
+    """The new curve's points beside the earlier curve at the same coverage."""
+    lines = ["| family | floor (bits) | coverage | blind now | blind before, same coverage |", "|---|---|---:|---:|---:|"]
+    for fam in (*MOVED, "attribute_swap"):
+        old = _curve(before, fam)
+        for v, c, b in _curve(results, fam):
+            prev = at_coverage(old, c)
+            lines.append(f"| {fam} | {v} | {100 * c:.1f} | {100 * b:.1f} | {'-' if prev is None else f'{100 * prev:.1f}'} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: Results, path: Path, before: Results | None = None) -> None:
     fig = new_figure(7, 4.5)
     ax = fig.add_subplot(1, 1, 1)
     for fam in MOVED:
-        pts = sorted(
-            ((v, f[fam]["coverage"], f[fam]["blind"]) for v, f in results.items() if f[fam]["blind"] is not None),
-            key=lambda x: x[1],
-        )
-        ax.plot([100 * c for _, c, _ in pts], [100 * b for _, _, b in pts], marker="o", label=fam)
+        pts = _curve(results, fam)
+        (line,) = ax.plot([100 * c for _, c, _ in pts], [100 * b for _, _, b in pts], marker="o", label=fam)
         for v, c, b in pts:
             ax.annotate(v, (100 * c, 100 * b), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        if before is not None:
+            old = _curve(before, fam)
+            ax.plot([100 * c for _, c, _ in old], [100 * b for _, _, b in old], marker=".", linestyle="--",
+                    color=line.get_color(), alpha=0.6, label=f"{fam}, before")
     for y, ls in ((75, ":"), (80, "--")):
         ax.axhline(y, color="grey", linestyle=ls, linewidth=0.8)
     ax.set_xlabel("coverage (% of captions with a negative)")
@@ -98,13 +137,19 @@ def main() -> int:
     ap.add_argument("--out", default="/tmp/hardneg-tradeoff")
     ap.add_argument("-j", "--workers", type=int, default=2)
     ap.add_argument("--plot-only", action="store_true", help="redraw tradeoff.md/.png from --out's tradeoff.json")
+    ap.add_argument("--before", help="an earlier version's tradeoff.json, drawn and tabulated beside this one")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    before = json.loads(Path(args.before).read_text(encoding="utf-8")) if args.before else None
+
+    def write(results: Results) -> None:
+        text = table(results) + ("\n" + comparison(results, before) if before is not None else "")
+        write_bytes_atomic(text.encode("utf-8"), out / "tradeoff.md")
+        plot(results, out / "tradeoff.png", before)
+
     if args.plot_only:
-        results = json.loads((out / "tradeoff.json").read_text(encoding="utf-8"))
-        write_bytes_atomic(table(results).encode("utf-8"), out / "tradeoff.md")
-        plot(results, out / "tradeoff.png")
+        write(json.loads((out / "tradeoff.json").read_text(encoding="utf-8")))
         return 0
     results = {}
     for value in [v.strip() for v in args.values.split(",") if v.strip()]:
@@ -113,9 +158,8 @@ def main() -> int:
             f"{f} {100 * results[value][f]['coverage']:.1f}% / {100 * (results[value][f]['blind'] or 0):.1f}%" for f in MOVED
         ), flush=True)
     write_json_atomic(results, out / "tradeoff.json")
-    write_bytes_atomic(table(results).encode("utf-8"), out / "tradeoff.md")
-    plot(results, out / "tradeoff.png")
-    print(table(results))
+    write(results)
+    print((out / "tradeoff.md").read_text(encoding="utf-8"))
     return 0
 
 

@@ -777,12 +777,24 @@ def _completes_of(toks: Toks, p: NounPhrase) -> bool:
     return owner.lower in QUANTITY_NOUNS and owner.i < p.start
 
 
+#: how the members of a list of nouns hang on each other ("gloves, cell phone, lip gloss and ...":
+#: the small parser reads a comma list as appositions as often as conjuncts)
+_LIST_DEPS = frozenset({"conj", "appos"})
+
+
 def _coordinated(toks: Toks, children: tuple[tuple[int, ...], ...], p: NounPhrase) -> bool:
-    """Whether ``p``'s noun is one conjunct of a coordination of nouns."""
+    """Whether ``p``'s noun is one member of a coordination or list of nouns."""
     t = toks[p.head]
-    if t.dep == "conj" and toks[t.head].pos in ("NOUN", "PROPN"):
+    if t.dep in _LIST_DEPS and toks[t.head].pos in ("NOUN", "PROPN"):
         return True
-    return any(toks[c].dep == "conj" and toks[c].pos in ("NOUN", "PROPN") for c in children[p.head])
+    return any(toks[c].dep in _LIST_DEPS and toks[c].pos in ("NOUN", "PROPN") for c in children[p.head])
+
+
+def _list_root(toks: Toks, i: int) -> int:
+    """The first member of the list of nouns that token ``i`` belongs to (``i`` itself if none)."""
+    while toks[i].dep in _LIST_DEPS and toks[i].head != i and toks[toks[i].head].pos in ("NOUN", "PROPN"):
+        i = toks[i].head
+    return i
 
 
 def _moved_with(toks: Toks, p: NounPhrase, end: int, reps: list[Replacement]) -> str:
@@ -1122,9 +1134,11 @@ def object_swap(parsed: ParsedCaption, res: Resources) -> list[Edit]:
         a_end, b_end = _with_complement(parsed, a), _with_complement(parsed, b)
         whole = _whole(parsed, a, a_end, b) and _whole(parsed, b, b_end, None)
         if whole:
+            # two members of one list ("gloves, cell phone and keys") exchange without changing anything
+            same_list = _list_root(toks, a.head) == _list_root(toks, b.head) and _coordinated(toks, parsed.children, a)
             edits.append(
                 _exchange_phrases(parsed, tables, slots, ia, ib, a_end, b_end, "object_swap", "phrase",
-                                  _only_symmetric(parsed, link))
+                                  same_list or _only_symmetric(parsed, link))
             )
         if _modified(sa) or _modified(sb):
             continue
