@@ -38,7 +38,10 @@ def test_a_word_only_negatives_have_is_found():
     fig = result.families["attribute_swap"]
     assert fig["heldout_pairs"] > 400 and fig["train_pairs"] > 1000
     assert fig["accuracy"] >= 0.99 and fig["ci95_low"] > 0.97
-    assert result.fits["attribute_swap"].negative_tells[0][0] in ("purple", "a purple")
+    fit = result.fits["attribute_swap"]
+    assert fit.negative_tells[0][0] in ("purple", "a purple")
+    # the positive's first colour is the one "purple" took: the colours mark the positive
+    assert fit.positive_tells[0][0].split()[-1] in COLOURS and all(w > 0 for _, w in fit.positive_tells)
 
 
 def test_exchangeable_pairs_are_chance():

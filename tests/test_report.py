@@ -359,6 +359,7 @@ def test_learned_detector_in_report_json_md_and_plot(tmp_path: Path):
     train, heldout = f"{lc['relation_swap']['train_pairs']:,}", f"{lc['relation_swap']['heldout_pairs']:,}"
     assert f"| relation_swap | {train} | {heldout} | 100.0% [" in md
     assert "`zorbing`" in md  # the tell is named
+    assert "| family | marks the negative | marks the positive |" in md
     w, h = _png_size(tmp_path / "rep" / PLOTS["blind_check"])
     assert w >= 400 and h >= 100
 

@@ -55,7 +55,7 @@ class LearnedConfig:
     ngram_range: list[int] = field(default_factory=lambda: [1, 2])
     #: inverse regularisation strength of the logistic regression (scikit-learn's C)
     C: float = 1.0
-    #: n-grams per family shown in report.md as the strongest tells of a negative
+    #: n-grams per family shown in report.md as the strongest tells of a negative, and of a positive
     top_ngrams: int = 5
 
     def validate(self) -> None:
@@ -83,7 +83,7 @@ class Pair:
 
 @dataclass
 class FamilyFit:
-    """One family's detector: the split, the held-out verdicts and the n-grams that give negatives away."""
+    """One family's detector: the split, the held-out verdicts and the n-grams that give the pairs away."""
 
     train: list[Pair]
     test: list[Pair]
@@ -91,6 +91,9 @@ class FamilyFit:
     margins: list[float] = field(default_factory=list)
     #: (n-gram, weight), most negative first: n-grams whose presence marks a text as the negative
     negative_tells: list[tuple[str, float]] = field(default_factory=list)
+    #: (n-gram, weight), most positive first: n-grams whose presence marks a text as the positive (for
+    #: a replace family, words the rules replace more often than they use)
+    positive_tells: list[tuple[str, float]] = field(default_factory=list)
     features: int = 0
 
 
@@ -191,8 +194,11 @@ class LearnedCheck:
         fit.margins = [float(m) for m in model.decision_function(x_test)]
         weights = model.coef_[0]
         names = vec.get_feature_names_out()
+        top = self.cfg.top_ngrams
         order = sorted(range(len(weights)), key=lambda j: (weights[j], names[j]))
-        fit.negative_tells = [(str(names[j]), float(weights[j])) for j in order[: self.cfg.top_ngrams] if weights[j] < 0]
+        fit.negative_tells = [(str(names[j]), float(weights[j])) for j in order[:top] if weights[j] < 0]
+        order = sorted(range(len(weights)), key=lambda j: (-weights[j], names[j]))
+        fit.positive_tells = [(str(names[j]), float(weights[j])) for j in order[:top] if weights[j] > 0]
         fit.features = len(names)
 
 

@@ -187,11 +187,15 @@ def _learned_check(report: dict[str, Any], learned: LearnedResult, cfg: ReportCo
         lm = format_ci(b, "") if b.get("pairs") else ""
         out.append(f"| {f} | {v.get('train_pairs', 0):,} | {v.get('heldout_pairs', 0):,} | {acc} | {lm} |")
     out.append("")
-    tells = [(f, learned.fits[f].negative_tells) for f in report["families"] if f in learned.fits and learned.fits[f].negative_tells]
+    fits = {f: learned.fits[f] for f in report["families"] if f in learned.fits}
+    tells = {f: (fit.negative_tells, fit.positive_tells) for f, fit in fits.items() if fit.negative_tells or fit.positive_tells}
     if cfg.learned.top_ngrams and tells:
-        out.append("The n-grams whose presence most marks a text as the negative (largest negative weights):\n")
-        out += ["| family | n-grams |", "|---|---|"]
-        out.extend(f"| {f} | " + ", ".join(f"`{cell(g)}` ({w:+.2f})" for g, w in ts) + " |" for f, ts in tells)
+        out.append("The n-grams whose presence most marks a text as the negative (largest negative weights) or as"
+                   " the positive (largest positive weights): in a replace family, words its rules use more, or"
+                   " less, often than the captions do.\n")
+        out += ["| family | marks the negative | marks the positive |", "|---|---|---|"]
+        for f, sides in tells.items():
+            out.append(f"| {f} | " + " | ".join(", ".join(f"`{cell(g)}` ({w:+.2f})" for g, w in ts) for ts in sides) + " |")
         out.append("")
     return out
 

@@ -9,17 +9,27 @@
 
 Everything a rule looks up is compiled once, in the parent process, into :class:`ReplaceTables`
 (plain dicts and tuples, cheap to pickle to workers): the rules themselves only read the token table
-and those dicts, because they must cost little next to the parse. Candidates are ranked by how often
-the replacement occurs in the input corpus, so a negative reads as naturally as its positive.
+and those dicts, because they must cost little next to the parse.
+
+Replacements are matched by frequency (docs/negative-quality.md): a word that turns up as a
+replacement far more often than the positives use it gives its negatives away to a learned text-only
+detector, and a word never used as one gives its positives away. So a slot (a replaced word) does not
+always propose its most frequent candidates: it draws them, each with a probability proportional to
+how often the input corpus uses it (:func:`draw`), from a hash of the seed, the caption and the slot.
+Each replacement's share of the negatives then tracks its share of the positives' words, and the
+choice is a pure function of the caption, the seed and the tables (never of worker count, shards or
+order). The plausibility score then keeps the ``k`` that best fit their context.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
+import zlib
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Iterable, NamedTuple
+from typing import TYPE_CHECKING, Any, Hashable, Iterable, NamedTuple, Sequence, TypeVar
 
 from tqdm import tqdm
 
@@ -35,12 +45,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: candidates proposed per replaced word; selection keeps ``k`` per family and caption
-MAX_PER_SLOT = 3
-#: candidates precomputed per object group (some are dropped per caption: countability, repeats)
-_OBJECT_POOL = 8
+#: candidates drawn per replaced word at most (:func:`draw`); selection keeps ``k`` per family and
+#: caption, the most plausible first: drawing more than ``k`` lets the plausibility score choose the
+#: ones that fit their context (on the 25,010 COCO captions, 5 instead of 3 lowers the n-gram blind
+#: check of object_replace by 2.3 points)
+MAX_PER_SLOT = 5
 #: a caption never yields more edits than this per family
 MAX_EDITS = 12
+
+#: the phrases that may say one relation, each with its corpus count: a seeded draw picks one in
+#: proportion (:func:`pick_surface`), so "near" replaces "on" as often as captions say "near"
+Surfaces = tuple[tuple[str, float], ...]
 
 SG, PL, ONLY, INV = 0, 1, 2, 3  # number of a noun surface form: singular, plural, plural-only, invariant
 COUNT, MASS, BOTH = 0, 1, 2  # countability of a noun group
@@ -64,9 +79,10 @@ class GroupRow(NamedTuple):
     generic: bool
     countability: int
     plural_only: bool
-    #: the member used when this group is a replacement: the most frequent in the corpus
-    target: str
     opaque: bool
+    #: the members a replacement says, most frequent in the corpus first: the first not in the
+    #: caption (those of the group's countability only: "luggage" never says "suitcase")
+    words: tuple[str, ...]
 
 
 class AttrRow(NamedTuple):
@@ -75,8 +91,9 @@ class AttrRow(NamedTuple):
     #: noun groups the head must (not) belong to; -1 stands for a noun the lexicon does not know
     for_: frozenset[int] | None
     not_for: frozenset[int]
-    #: (word, priority) replacements, best first
-    cands: tuple[tuple[str, int], ...]
+    #: (words, weight) replacements, most frequent first: the words of one sibling group, most
+    #: frequent first, and the weight of the group in the draw (:func:`weight_of`)
+    cands: tuple[tuple[tuple[str, ...], float], ...]
     #: head noun group -> the only targets allowed for it
     only: dict[int, frozenset[str]]
 
@@ -85,7 +102,8 @@ class RelRow(NamedTuple):
     adverb: bool
     objects: frozenset[str] | None
     not_objects: frozenset[str]
-    cands: tuple[tuple[str, int], ...]
+    #: (phrases of one synonym group with their counts, weight), most frequent first
+    cands: tuple[tuple[Surfaces, float], ...]
 
 
 class VerbRow(NamedTuple):
@@ -94,7 +112,7 @@ class VerbRow(NamedTuple):
     intransitive: bool
     #: (group ids, words) a transitive use accepts as object, or None for any object
     objects: tuple[frozenset[int], frozenset[str]] | None
-    cands: tuple[tuple[int, int], ...]  # (verb id, priority)
+    cands: tuple[tuple[int, float], ...]  # (verb id, weight), most frequent first
     animate: bool
     #: noun groups its subject may be replaced with, or None for any
     subjects: frozenset[int] | None
@@ -110,13 +128,14 @@ class ReplaceTables(NamedTuple):
     noun_multi: dict[str, tuple[tuple[tuple[str, ...], int, int], ...]]  # last word -> (words before, gid, number)
     groups: tuple[GroupRow, ...]
     group_members: tuple[tuple[str, ...], ...]
-    object_cands: tuple[tuple[tuple[int, int], ...], ...]  # gid -> ((target gid, priority), ...)
+    #: gid -> ((target gid, weight in a singular slot, weight in a plural slot), ...)
+    object_cands: tuple[tuple[tuple[int, float, float], ...], ...]
     gender: dict[str, str]
     attr_words: dict[str, tuple[int, ...]]
     attrs: tuple[AttrRow, ...]
     shade_words: frozenset[str]
     colour_words: frozenset[str]
-    numbers: dict[str, tuple[tuple[str, int], ...]]
+    numbers: dict[str, tuple[tuple[str, float], ...]]
     rel_first: dict[str, tuple[tuple[tuple[str, ...], int], ...]]  # first word -> ((words, rel id), ...)
     rels: tuple[RelRow, ...]
     sides: dict[str, str]
@@ -126,6 +145,8 @@ class ReplaceTables(NamedTuple):
     verb_phrasal: dict[tuple[str, str], tuple[tuple[int, int], ...]]
     verb_phrasal_heads: frozenset[str]
     verbs: tuple[VerbRow, ...]
+    #: seeds the per-slot draws (:func:`draw`)
+    seed: int = 0
 
 
 # --------------------------------------------------------------------------- corpus counts
@@ -169,34 +190,83 @@ def corpus_counts(captions: Iterable[str], phrases: Iterable[str] = ()) -> Count
     return counts
 
 
-def _bucket(count: int, top: int) -> int:
-    """Priority from frequency relative to the best candidate: similar frequencies tie (seeded choice)."""
-    if count <= 0:
-        return 3
-    if 4 * count >= top:
-        return 0
-    if 16 * count >= top:
-        return 1
-    return 2
+K = TypeVar("K", bound=Hashable)
 
 
-def _rank(items: list[tuple[Any, int]], limit: int) -> tuple[tuple[Any, int], ...]:
-    """``(key, count)`` pairs -> ``(key, priority)``, most frequent first, at most ``limit``."""
-    order = sorted(range(len(items)), key=lambda i: (-items[i][1], i))[:limit]
-    top = items[order[0]][1] if order else 0
-    return tuple((items[i][0], _bucket(items[i][1], top)) for i in order)
+def by_count(items: Iterable[tuple[K, int]]) -> list[tuple[K, int]]:
+    """``(key, count)`` pairs, most frequent first (ties keep their order)."""
+    listed = list(items)
+    return [listed[i] for i in sorted(range(len(listed)), key=lambda i: (-listed[i][1], i))]
 
 
-def _noun_count(counts: Counter, word: str) -> int:
-    plural = pluralize(word)
-    return counts.get(word, 0) + (counts.get(plural, 0) if plural != word else 0)
+def weight_of(count: float) -> float:
+    """A candidate's weight in the draw: its corpus count, plus a half so a word the corpus never
+    uses is still proposed where nothing else fits."""
+    return count + 0.5
 
 
-def _member_count(counts: Counter, word: str, members: tuple[str, ...]) -> int:
+def slot_unit(seed: int, text: str, at: int, key: str = "") -> float:
+    """A uniform number in [0, 1) that depends only on the seed, the caption, the slot's token and
+    ``key`` (a candidate, for the draw of its surface)."""
+    return zlib.crc32(f"{seed}|{at}|{key}|{text}".encode()) / 4294967296.0
+
+
+def pick_surface(surfaces: Surfaces, u: float) -> str:
+    """One of the words, with probability proportional to its count (the first when none has one)."""
+    total = sum(c for _, c in surfaces)
+    if total <= 0:
+        return surfaces[0][0]
+    x = u * total
+    for word, c in surfaces:
+        x -= c
+        if x < 0:
+            return word
+    return next(w for w, c in reversed(surfaces) if c > 0)  # rounding: the last one that has a count
+
+
+def draw(weights: Sequence[float], most: int, u: float) -> list[int]:
+    """Which of a slot's candidates to propose (indices, in order).
+
+    Each candidate is proposed with probability proportional to its weight, as many as that allows
+    up to ``most``: probability ``w / max(largest weight, sum of weights / most)``, so at least one
+    is always proposed and the proposals keep the weights' proportions exactly. Systematic sampling
+    from the one uniform ``u`` (:func:`slot_unit`): candidate ``i`` is proposed when some ``u + j``
+    (``j`` an integer) falls in its stretch of the cumulated probabilities.
+    """
+    n = len(weights)
+    if n <= 1:
+        return list(range(n))
+    top = max(weights)
+    denom = max(top, sum(weights) / most)
+    out: list[int] = []
+    lo = 0.0
+    for i in range(n):
+        hi = lo + weights[i] / denom
+        if u + math.ceil(lo - u) < hi:
+            out.append(i)
+            if len(out) == most:
+                break
+        lo = hi
+    if not out:  # only by rounding: at least one is proposed, the heaviest
+        out.append(max(range(n), key=lambda i: weights[i]))
+    return out
+
+
+def _noun_count(counts: Counter, word: str, plural: bool | None = None) -> int:
+    """Occurrences of ``word`` in the singular, the plural or both (None); an invariant noun
+    ("sheep") counts for both numbers."""
+    form = pluralize(word)
+    if form == word:
+        return counts.get(word, 0)
+    sg, pl = counts.get(word, 0), counts.get(form, 0)
+    return sg + pl if plural is None else pl if plural else sg
+
+
+def _member_count(counts: Counter, word: str, members: tuple[str, ...], plural: bool | None = None) -> int:
     """Occurrences of ``word`` on its own: "teddy" inside "teddy bear" does not count as "teddy"."""
-    c = _noun_count(counts, word)
+    c = _noun_count(counts, word, plural)
     if " " not in word:
-        c -= sum(_noun_count(counts, m) for m in members if " " in m and word in m.split())
+        c -= sum(_noun_count(counts, m, plural) for m in members if " " in m and word in m.split())
     return max(c, 0)
 
 
@@ -224,8 +294,8 @@ class _NounTables(NamedTuple):
     members: list[tuple[str, ...]]
     noun_single: dict[str, tuple[int, int]]
     noun_multi: dict[str, list[tuple[tuple[str, ...], int, int]]]
-    #: corpus occurrences of each group's members (0 for generic nouns)
-    group_count: list[int]
+    #: corpus occurrences of each group's members (0 for generic nouns), in the singular and the plural
+    group_count: list[tuple[int, int]]
 
 
 def _noun_tables(lex: Lexicon, counts: Counter) -> _NounTables:
@@ -239,11 +309,14 @@ def _noun_tables(lex: Lexicon, counts: Counter) -> _NounTables:
         else:
             t.noun_multi.setdefault(words[-1], []).append((tuple(words[:-1]), gid, number))
 
+    def kind(m: str) -> tuple[int, bool]:
+        return (MASS if m in lex.mass_nouns else BOTH if m in lex.count_or_mass else COUNT), m in lex.plural_only
+
     for word, cat in lex.generic_nouns.items():
         gid = len(t.groups)
-        t.groups.append(GroupRow(cat, cat, True, COUNT, False, word, True))
+        t.groups.append(GroupRow(cat, cat, True, COUNT, False, True, (word,)))
         t.members.append((word,))
-        t.group_count.append(0)
+        t.group_count.append((0, 0))
         add_form(word, gid, SG)
         if pluralize(word) != word:
             add_form(pluralize(word), gid, PL)
@@ -252,13 +325,13 @@ def _noun_tables(lex: Lexicon, counts: Counter) -> _NounTables:
         gid = len(t.groups)
         mc = {m: _member_count(counts, m, g.members) for m in g.members}
         ranked = sorted(g.members, key=lambda m: -mc[m])  # stable: ties keep lexicon order
-        first = g.members[0]
-        countability = MASS if first in lex.mass_nouns else BOTH if first in lex.count_or_mass else COUNT
-        plural_only = first in lex.plural_only
-        t.groups.append(GroupRow(g.category, g.pool, False, countability, plural_only, ranked[0],
-                                 g.category not in lex.transparent_compounds))
+        countability, plural_only = kind(g.members[0])
+        words = tuple(m for m in ranked if kind(m) == (countability, plural_only))
+        t.groups.append(GroupRow(g.category, g.pool, False, countability, plural_only,
+                                 g.category not in lex.transparent_compounds, words))
         t.members.append(g.members)
-        t.group_count.append(sum(mc.values()))
+        t.group_count.append((sum(_member_count(counts, m, g.members, False) for m in g.members),
+                              sum(_member_count(counts, m, g.members, True) for m in g.members)))
         for m in g.members:
             if m in lex.plural_only:
                 only_forms.append((m, gid))
@@ -272,27 +345,30 @@ def _noun_tables(lex: Lexicon, counts: Counter) -> _NounTables:
     return t
 
 
-def _object_candidates(lex: Lexicon, nouns: _NounTables) -> tuple[tuple[tuple[int, int], ...], ...]:
-    """Per group, the other groups of its pool it may become, most frequent first (never a
-    synonym, a hypernym or a hyponym)."""
+def _object_candidates(lex: Lexicon, nouns: _NounTables) -> tuple[tuple[tuple[int, float, float], ...], ...]:
+    """Per group, the other groups of its pool it may become (never a synonym, a hypernym or a
+    hyponym), most frequent first, each weighted by its corpus count (all its members') in the
+    singular and in the plural: a plural slot draws by plural counts ("dogs" -> "sheep" or "zebras"
+    rather than "cats", which captions seldom count)."""
     by_pool: dict[str, list[int]] = {}
     for gid, row in enumerate(nouns.groups):
         if not row.generic:
             by_pool.setdefault(row.pool, []).append(gid)
-    object_cands: list[tuple[tuple[int, int], ...]] = []
+    object_cands: list[tuple[tuple[int, float, float], ...]] = []
     for gid, row in enumerate(nouns.groups):
         if row.generic:
             object_cands.append(())
             continue
         mine = set(nouns.members[gid])
-        options = []
+        found = []
         for other in by_pool[row.pool]:
             if other == gid or mine & set(nouns.members[other]):
                 continue
             if any(lex.related_nouns(a, b) for a in mine for b in nouns.members[other]):
                 continue
-            options.append((other, nouns.group_count[other]))
-        object_cands.append(_rank(options, _OBJECT_POOL))
+            found.append((other, sum(nouns.group_count[other])))
+        object_cands.append(tuple((g, weight_of(nouns.group_count[g][0]), weight_of(nouns.group_count[g][1]))
+                                  for g, _ in by_count(found)))
     return tuple(object_cands)
 
 
@@ -330,8 +406,10 @@ class _NounSelector:
 def _attribute_tables(
     lex: Lexicon, counts: Counter, resolve: _NounSelector
 ) -> tuple[dict[str, tuple[int, ...]], tuple[AttrRow, ...], frozenset[str]]:
-    """Per adjective, its rows (contrasts ranked by frequency, the nouns it may describe); and the
-    colour words (a shade before one belongs to it)."""
+    """Per adjective, its rows (contrasts, most frequent first, the nouns it may describe); and the
+    colour words (a shade before one belongs to it). A contrast is another sibling group of the
+    lexicon, weighted by the corpus count of all its words and said by its most frequent one the
+    noun allows ("gold" / "golden": a dog is only "golden"), or an explicit contrast word."""
     attrs: list[AttrRow] = []
     attr_words: dict[str, list[int]] = {}
     colour_words: set[str] = set()
@@ -342,37 +420,40 @@ def _attribute_tables(
         for sel, allowed in acat.only_targets_for.items():
             for sel_gid in resolve([sel])[0]:
                 only[sel_gid] = allowed
-        entries: dict[str, tuple[str, ...]] = {}
+        entries: dict[str, tuple[tuple[str, ...], ...]] = {}
         if acat.groups:
-            best = [max(ws, key=lambda w: (counts.get(w, 0), -ws.index(w))) for ws in acat.groups]
+            by_freq = [tuple(w for w, _ in by_count((w, counts.get(w, 0)) for w in ws)) for ws in acat.groups]
             for gi, ws in enumerate(acat.groups):
                 for w in ws:
-                    entries[w] = tuple(best[o] for o in range(len(acat.groups)) if o != gi)
+                    entries[w] = tuple(by_freq[o] for o in range(len(acat.groups)) if o != gi)
             if acat.rule == "colour":
                 colour_words.update(w for ws in acat.groups for w in ws)
         for w, targets in acat.contrasts.items():
-            entries[w] = targets
-        for w, targets in entries.items():
-            cands = _rank([(t, counts.get(t, 0)) for t in targets], len(targets))
+            entries[w] = tuple((x,) for x in targets)
+        for w, groups in entries.items():
+            cands = by_count((g, sum(counts.get(x, 0) for x in g)) for g in groups)
             attr_words.setdefault(w, []).append(len(attrs))
-            attrs.append(AttrRow(acat.rule, acat.pos, for_, not_for, cands, only))
+            attrs.append(AttrRow(acat.rule, acat.pos, for_, not_for, tuple((g, weight_of(c)) for g, c in cands), only))
     return {k: tuple(v) for k, v in attr_words.items()}, tuple(attrs), frozenset(colour_words)
 
 
-def _number_table(lex: Lexicon, counts: Counter) -> dict[str, tuple[tuple[str, int], ...]]:
-    """Per number word, its neighbours ("two" -> "three", "one"), more frequent first."""
-    numbers: dict[str, tuple[tuple[str, int], ...]] = {}
+def _number_table(lex: Lexicon, counts: Counter) -> dict[str, tuple[tuple[str, float], ...]]:
+    """Per number word, its neighbours ("two" -> "three", "one" when listed), more frequent first,
+    weighted by their counts."""
+    numbers: dict[str, tuple[tuple[str, float], ...]] = {}
     for n, w in enumerate(lex.numbers):
         near = [lex.numbers[x] for x in (n - 1, n + 1) if 0 <= x < len(lex.numbers)]
-        numbers[w] = _rank([(t, counts.get(t, 0)) for t in near], 2)
+        numbers[w] = tuple((t, weight_of(c)) for t, c in by_count((t, counts.get(t, 0)) for t in near))
     return numbers
 
 
 def _relation_tables(
     lex: Lexicon, counts: Counter
 ) -> tuple[dict[str, tuple[tuple[tuple[str, ...], int], ...]], tuple[RelRow, ...]]:
-    """Spatial relations by first word (longest phrase first), each with its contrasts: one per
-    synonym group ("under" and "underneath" would make near-duplicate negatives)."""
+    """Spatial relations by first word (longest phrase first), each with its contrasts, most frequent
+    first. A contrast is a synonym group of the phrases the lexicon lists ("under" and "underneath"
+    would make near-duplicate negatives), weighted by their corpus counts together; a slot that
+    draws it says one of its phrases, drawn by count too."""
 
     def rel_synonyms(a: str, b: str) -> bool:
         return a == b or any(a in s and b in s for s in lex.relation_synonyms)
@@ -386,18 +467,21 @@ def _relation_tables(
     rels: list[RelRow] = []
     rel_first: dict[str, list[tuple[tuple[str, ...], int]]] = {}
     for phrase, entry in lex.relations.items():
-        rel_to = [t for t in entry.to if not rel_synonyms(phrase, t)]
-        uniq: list[str] = []
-        for t in sorted(rel_to, key=lambda t: -counts.get(t, 0)):
-            if not any(rel_synonyms(t, u) for u in uniq):
-                uniq.append(t)
+        groups: list[list[tuple[str, float]]] = []
+        for t, c in by_count((t, counts.get(t, 0)) for t in entry.to if not rel_synonyms(phrase, t)):
+            same = next((g for g in groups if rel_synonyms(t, g[0][0])), None)
+            if same is None:
+                groups.append([(t, float(c))])
+            else:
+                same.append((t, float(c)))
+        cands = by_count((tuple(g), int(sum(c for _, c in g))) for g in groups)
         rid = len(rels)
         rels.append(
             RelRow(
                 entry.adverb,
                 resolve_set(entry.objects) if entry.objects is not None else None,
                 resolve_set(entry.not_objects),
-                _rank([(t, counts.get(t, 0)) for t in uniq], MAX_PER_SLOT),
+                tuple((g, weight_of(c)) for g, c in cands),
             )
         )
         words = tuple(phrase.split())
@@ -412,8 +496,8 @@ class _VerbTables(NamedTuple):
 
 
 def _verb_tables(lex: Lexicon, counts: Counter, resolve: _NounSelector) -> _VerbTables:
-    """Verbs with their contrasts (most frequent first, one per synonym group: "holding" and
-    "carrying" are one contrast) and the surface forms that find them."""
+    """Verbs with their contrasts (most frequent first, weighted by the counts of their forms; one per
+    synonym group: "holding" and "carrying" are one contrast) and the surface forms that find them."""
     vids = {lemma: n for n, lemma in enumerate(lex.verbs)}
     lex_names = list(lex.verbs)
 
@@ -423,20 +507,21 @@ def _verb_tables(lex: Lexicon, counts: Counter, resolve: _NounSelector) -> _Verb
     verbs: list[VerbRow] = []
     verb_surface: dict[str, list[tuple[int, int]]] = {}
     verb_phrasal: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    uses = [sum(counts.get(f, 0) for f in set(v.forms)) for v in lex.verbs.values()]
     for lemma, v in lex.verbs.items():
         vid = vids[lemma]
-        to: list[tuple[int, int]] = []
-        for t in sorted(v.to, key=lambda t: -sum(counts.get(f, 0) for f in set(lex.verbs[t].forms))):
-            if verb_synonyms(lemma, t) or any(verb_synonyms(t, lex_names[u]) for u, _ in to):
+        to: list[tuple[int, float]] = []
+        for t, c in by_count((vids[t], uses[vids[t]]) for t in v.to):
+            if verb_synonyms(lemma, lex_names[t]) or any(verb_synonyms(lex_names[t], lex_names[u]) for u, _ in to):
                 continue
-            to.append((vids[t], sum(counts.get(f, 0) for f in set(lex.verbs[t].forms))))
+            to.append((t, weight_of(c)))
         verbs.append(
             VerbRow(
                 v.forms,
                 v.transitive,
                 v.intransitive,
                 resolve(v.objects) if v.objects is not None else None,
-                _rank(to, len(to)),
+                tuple(to),
                 v.animate,
                 resolve(v.subjects)[0] if v.subjects is not None else None,
             )
@@ -454,8 +539,9 @@ def _verb_tables(lex: Lexicon, counts: Counter, resolve: _NounSelector) -> _Verb
     )
 
 
-def compile_tables(lex: Lexicon, counts: Counter | None = None) -> ReplaceTables:
-    """Turn the lexicon and corpus counts into the lookup tables the rules read, one table at a time."""
+def compile_tables(lex: Lexicon, counts: Counter | None = None, seed: int = 0) -> ReplaceTables:
+    """Turn the lexicon and corpus counts into the lookup tables the rules read, one table at a time;
+    ``seed`` seeds the rules' draws among candidates."""
     counts = counts if counts is not None else Counter()
     nouns = _noun_tables(lex, counts)
     resolve = _NounSelector(lex, nouns)
@@ -482,6 +568,7 @@ def compile_tables(lex: Lexicon, counts: Counter | None = None) -> ReplaceTables
         verb_phrasal=verbs.phrasal,
         verb_phrasal_heads=frozenset(k[0] for k in verbs.phrasal),
         verbs=verbs.verbs,
+        seed=seed,
     )
 
 
@@ -500,7 +587,7 @@ def build_resources(cfg: "GenerateConfig", captions: list[str]) -> Resources:
         else:
             lex = extended
             counts = corpus_counts(captions, lexicon_phrases(lex))
-    tables = compile_tables(lex, counts)
+    tables = compile_tables(lex, counts, cfg.seed)
     log.info(
         "replace lexicon: %d noun groups, %d attribute words, %d relations, %d verbs ranked on %d captions (%.1fs)",
         sum(1 for g in tables.groups if not g.generic), len(tables.attr_words), len(tables.rels),
@@ -575,7 +662,7 @@ def relation_replace(parsed: ParsedCaption, res: Resources) -> list[Edit]:
             continue
         entries = t.rel_first.get(low)
         if entries is not None and pos in ("ADP", "ADV", "ADJ", "SCONJ"):
-            used = _relation_edits(toks, children, i, entries, t, edits)
+            used = _relation_edits(parsed.text, toks, children, i, entries, t, edits)
             if used:
                 i += used
                 continue
@@ -626,6 +713,7 @@ def _spatial_word(tok: Tok, new: str) -> Edit:
 
 
 def _relation_edits(
+    caption: str,
     toks: Toks,
     children: tuple[tuple[int, ...], ...],
     i: int,
@@ -659,14 +747,15 @@ def _relation_edits(
             if names & row.not_objects:
                 return size
         phrase = " ".join(words)
-        for text, prio in row.cands:
+        for c in draw([w for _, w in row.cands], MAX_PER_SLOT, slot_unit(t.seed, caption, i)):
+            surfaces = row.cands[c][0]
+            text = pick_surface(surfaces, slot_unit(t.seed, caption, i, surfaces[0][0]))
             edits.append(
                 Edit(
                     family="relation_replace",
                     rule="spatial",
                     replacements=(Replacement(i, i + size, _case(toks[i], text)),),
                     items=(phrase, text),
-                    priority=prio,
                 )
             )
         return size
@@ -711,8 +800,8 @@ def _verb_edits(parsed: ParsedCaption, tok: Tok, t: ReplaceTables, heads: dict[i
         found = _lookup(toks, noun, tok.i + 1, t)
         if found is not None:
             obj_gid = found[1]
-    added = 0
-    for vid, prio in src.cands:
+    fits: list[tuple[VerbRow, float]] = []
+    for vid, weight in src.cands:
         row = t.verbs[vid]
         if obj is not None:
             if not row.transitive:
@@ -721,19 +810,17 @@ def _verb_edits(parsed: ParsedCaption, tok: Tok, t: ReplaceTables, heads: dict[i
                 continue
         elif not row.intransitive:
             continue
-        text = row.forms[form]
+        fits.append((row, weight))
+    for c in draw([w for _, w in fits], MAX_PER_SLOT, slot_unit(t.seed, parsed.text, tok.i)):
+        text = fits[c][0].forms[form]
         edits.append(
             Edit(
                 family="relation_replace",
                 rule="action",
                 replacements=(Replacement(tok.i, end, _case(tok, text)),),
                 items=(_span_lower(toks, tok.i, end), text),
-                priority=prio,
             )
         )
-        added += 1
-        if added == MAX_PER_SLOT:
-            break
 
 
 _ANIMATE_PRONOUNS = frozenset("he she they who i you we someone somebody everyone".split())
@@ -781,23 +868,23 @@ def attribute_replace(parsed: ParsedCaption, res: Resources) -> list[Edit]:
         present = {toks[k].lower for k in range(ph.start, ph.end)}
         if ph.adjectives is not None:
             for k in range(ph.adjectives[0], min(ph.adjectives[1], limit)):
-                _attribute_edits(toks, k, gid, present, t, edits)
+                _attribute_edits(parsed.text, toks, k, gid, present, t, edits)
         if ph.compound is not None:
             for k in range(ph.compound[0], min(ph.compound[1], limit)):
-                _attribute_edits(toks, k, gid, present, t, edits)
+                _attribute_edits(parsed.text, toks, k, gid, present, t, edits)
         if ph.number is not None and ph.plural:
-            _number_edits(toks[ph.number], t, edits)
+            _number_edits(parsed.text, toks[ph.number], t, edits)
     # predicative adjectives: "the refrigerator is open"
     for tok in toks:
         if tok.dep == "acomp" and tok.pos == "ADJ" and tok.lower in t.attr_words:
             subj = next((c for c in parsed.children[tok.head] if toks[c].dep == "nsubj"), None)
             if subj is not None and subj in by_head:
-                _attribute_edits(toks, tok.i, by_head[subj], {tok.lower}, t, edits)
+                _attribute_edits(parsed.text, toks, tok.i, by_head[subj], {tok.lower}, t, edits)
     return _with_pairs(parsed, edits[:MAX_EDITS], t)
 
 
 def _attribute_edits(
-    toks: Toks, k: int, gid: int, present: set[str], t: ReplaceTables, edits: list[Edit]
+    caption: str, toks: Toks, k: int, gid: int, present: set[str], t: ReplaceTables, edits: list[Edit]
 ) -> None:
     tok = toks[k]
     ids = t.attr_words.get(tok.lower)
@@ -810,7 +897,7 @@ def _attribute_edits(
         start = k - 1  # "dark blue" -> "red", never "dark white"
     if k > 0 and toks[k - 1].text == "-" or k + 1 < len(toks) and toks[k + 1].text == "-":
         return  # part of a hyphenated word ("red-haired", "old-fashioned")
-    added = 0
+    fits: list[tuple[str, str, float]] = []  # (rule, word, weight)
     for a in ids:
         row = t.attrs[a]
         if tok.pos not in row.pos:
@@ -820,39 +907,38 @@ def _attribute_edits(
         if gid in row.not_for:
             continue
         only = row.only.get(gid)
-        for word, prio in row.cands:
-            if word in present or (only is not None and word not in only):
-                continue
-            edits.append(
-                Edit(
-                    family="attribute_replace",
-                    rule=row.rule,
-                    replacements=(Replacement(start, k + 1, _case(toks[start], word)),),
-                    items=(_span_lower(toks, start, k + 1), word),
-                    priority=prio,
-                )
+        for group, weight in row.cands:
+            word = next((w for w in group if w not in present and (only is None or w in only)), None)
+            if word is not None and all(f[1] != word for f in fits):  # ("old": age and newness)
+                fits.append((row.rule, word, weight))
+    for c in draw([f[2] for f in fits], MAX_PER_SLOT, slot_unit(t.seed, caption, k)):
+        rule, word, _ = fits[c]
+        edits.append(
+            Edit(
+                family="attribute_replace",
+                rule=rule,
+                replacements=(Replacement(start, k + 1, _case(toks[start], word)),),
+                items=(_span_lower(toks, start, k + 1), word),
             )
-            added += 1
-            if added == MAX_PER_SLOT:
-                return
+        )
 
 
-def _number_edits(tok: Tok, t: ReplaceTables, edits: list[Edit]) -> None:
+def _number_edits(caption: str, tok: Tok, t: ReplaceTables, edits: list[Edit]) -> None:
     low = tok.lower
     cands = t.numbers.get(low)
     if cands is None:
         if not low.isdigit() or not 2 <= int(low) <= 99:
             return
         v = int(low)
-        cands = tuple((str(x), 0) for x in (v + 1, v - 1) if x >= 2)
-    for word, prio in cands:
+        cands = tuple((str(x), 1.0) for x in (v + 1, v - 1) if x >= 2)
+    for c in draw([w for _, w in cands], MAX_PER_SLOT, slot_unit(t.seed, caption, tok.i)):
+        word = cands[c][0]
         edits.append(
             Edit(
                 family="attribute_replace",
                 rule="count",
                 replacements=(Replacement(tok.i, tok.i + 1, _case(tok, word)),),
                 items=(low, word),
-                priority=prio,
             )
         )
 
@@ -929,7 +1015,7 @@ def _object_edits(
     start: int,
     gid: int,
     number: int,
-    cands: tuple[tuple[int, int], ...],
+    cands: tuple[tuple[int, float, float], ...],
     present: set[int],
     words: set[str],
     allowed: frozenset[int] | None,
@@ -963,12 +1049,13 @@ def _object_edits(
     src_gender = t.gender.get(singularize(_span_lower(toks, start, end)))
     original = _span_lower(toks, start, end)
     flips: dict[str | None, tuple[Replacement, ...] | None] = {}  # by the new noun's gender
-    added = 0
-    for tgid, prio in cands:
+    fits: list[tuple[str, tuple[Replacement, ...], float]] = []  # (text, pronoun flips, weight)
+    for tgid, w_sg, w_pl in cands:
         if tgid in present or (allowed is not None and tgid not in allowed):
             continue  # "a man and a woman" -> "a woman and a woman" only repeats
         tr = t.groups[tgid]
-        if tr.target in words:
+        word = next((w for w in tr.words if w not in words), None)
+        if word is None:
             continue
         if mass_usage:
             if tr.countability == COUNT:
@@ -978,33 +1065,32 @@ def _object_edits(
         if tr.plural_only:
             if not (number == ONLY or (plural and not has_number)):
                 continue
-            text = tr.target
+            text = word
         elif number == ONLY and tr.countability == MASS:
             continue
         elif plural:
             if tr.countability == MASS:
                 continue
-            text = pluralize(tr.target)
+            text = pluralize(word)
         else:
-            text = tr.target
-        dst = t.gender.get(tr.target)
+            text = word
+        dst = t.gender.get(word)
         if dst not in flips:
             flips[dst] = _pronoun_flips(toks, end, src_gender, dst, t)
         pronouns = flips[dst]
         if pronouns is None:
             continue
+        fits.append((text, pronouns, w_pl if plural else w_sg))
+    for c in draw([f[2] for f in fits], MAX_PER_SLOT, slot_unit(t.seed, parsed.text, start)):
+        text, pronouns, _ = fits[c]
         edits.append(
             Edit(
                 family="object_replace",
                 rule=row.category,
                 replacements=(Replacement(start, end, _case(toks[start], text)), *pronouns),
                 items=(original, text),
-                priority=prio,
             )
         )
-        added += 1
-        if added == MAX_PER_SLOT:
-            return
 
 
 def _pronoun_flips(
