@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -157,6 +158,17 @@ def test_evaluate_end_to_end_matches_direct_scoring(bench_files, tmp_path):
     assert m["coco_retrieval"]["images"] == 6 and m["coco_retrieval"]["captions"] == 12
     assert m["coco_retrieval"]["skipped_images"] == 1
     assert m["skipped_images"] == {"missing": 2}
+    # each section says which share it left out and whether that passed max_missing_fraction (1%)
+    assert [(m[k]["skipped_fraction"], m[k]["over_missing_limit"]) for k in ("shards", "aro_vg_relation",
+                                                                             "coco_retrieval")] == [
+        (0.0, False), (1 / 3, True), (1 / 7, True)]
+    assert m["sugarcrepe"]["categories"]["swap_att"]["over_missing_limit"] is False
+    assert m["warnings"] == [
+        f"eval section aro_vg_relation ({f['aro']}): 1 of 3 pairs (33.3%) were left out for a missing or unreadable "
+        "image, more than max_missing_fraction = 0.01; its figures cover the rest only",
+        f"eval section coco_retrieval ({f['coco']}): 1 of 7 images (14.3%) were left out for a missing or "
+        "unreadable image, more than max_missing_fraction = 0.01; its figures cover the rest only",
+    ]
 
     # the same model scored directly, item by item, gives the same numbers
     torch.manual_seed(0)
@@ -210,3 +222,21 @@ def test_eval_cli_and_config_errors(bench_files, tmp_path, capsys):
     with pytest.raises(ConfigError, match="nothing to evaluate"):
         eval_config({"model": {"name": "hardneg-tiny"}})
     assert main(["-q", "eval", "--model", "hardneg-tiny"]) == 2
+
+
+def test_a_section_that_scores_nothing_fails(bench_files, tmp_path, caplog):
+    """Every image of a requested section missing: an error that says why, and no metrics file."""
+    out = tmp_path / "m.json"
+    argv = ["-q", "eval", "--model", "hardneg-tiny", "--pretrained", "none", "--workers", "0", "--no-progress",
+            "--out", str(out), "--sugarcrepe", str(bench_files["sugarcrepe"]), "--sugarcrepe-image-root",
+            str(tmp_path / "nowhere")]
+    with caplog.at_level(logging.ERROR, logger="hardneg"):
+        assert main(argv) == 1
+    missing = tmp_path / "nowhere" / "val2014" / "0.png"
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
+        f"eval section sugarcrepe swap_att ({bench_files['sugarcrepe']}) scores nothing: the images of all its 6 "
+        f"pairs are missing or unreadable; e.g. val2014/0.png was looked up as {missing} under the image root "
+        f"{tmp_path / 'nowhere'}; this dataset stores image paths only; pass --sugarcrepe-image-root "
+        "(sugarcrepe_image_root) pointing at the folder that holds val2014/0.png"
+    ]
+    assert not out.exists()

@@ -230,6 +230,26 @@ def test_card_yaml_parses_and_its_figures_equal_the_manifest(dataset: Path, tmp_
     assert "| A man riding a wave on top of a surfboard. | A wave riding a man on top of a surfboard. |" in card
 
 
+def test_card_says_where_the_images_come_from_and_how_to_train(dataset: Path, tmp_path: Path):
+    out = tmp_path / "repo"
+    publish(dataset, "someone/coco-tiny-negatives", dry_run_dir=out)
+    card = (out / "README.md").read_text()
+    # which COCO image folders each split uses, counted from image.path
+    assert "| split | image folder | rows |\n|---|---|---:|\n| test | `val2014/` | 3 |\n| train | `train2014/` | 6 |\n" in card
+    assert "into one folder (below: `coco/`, holding `train2014/` and `val2014/`)" in card
+    assert "need `--image-root` pointing at the folder that holds them" in card
+    section = card[card.index("## Training and evaluating with hardneg"):card.index("## Provenance")]
+    block = section[section.index("```bash\n") + 8:section.index("```\n\n")]
+    assert block.splitlines() == [
+        "hf download someone/coco-tiny-negatives --repo-type dataset --local-dir coco-tiny-negatives",
+        "hardneg train --data coco-tiny-negatives --image-root coco -o runs/coco-tiny-negatives",
+        "hardneg eval --shards coco-tiny-negatives --split test --image-root coco --pretrained "
+        "runs/coco-tiny-negatives/final/open_clip_pytorch_model.bin -o runs/coco-tiny-negatives/eval.json",
+    ]
+    assert ("`hardneg train --data hf://datasets/someone/coco-tiny-negatives --image-root coco "
+            "-o runs/coco-tiny-negatives`") in section
+
+
 def test_card_summarises_the_quality_report_when_present(dataset: Path, tmp_path: Path):
     report = {
         "rows": 9,

@@ -69,6 +69,9 @@ class DataConfig:
     #: check a dataset folder's shards against its manifest's sha256 before training (rows are always
     #: checked when the manifest is there); None = yes for local folders, no for remote URLs
     verify: bool | None = None
+    #: share of the dataset's rows whose image may be missing or unreadable in an epoch (they are left
+    #: out and counted); one more stops the run. Before training, the images of the first rows must open.
+    max_missing_fraction: float = 0.01
 
     def validate(self) -> None:
         if not self.paths:
@@ -86,6 +89,8 @@ class DataConfig:
             raise ConfigError(f"data.shuffle_buffer must be >= 1, got {self.shuffle_buffer}")
         if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
             raise ConfigError(f"data.crop_scale must be [low, high] in (0, 1], got {self.crop_scale}")
+        if not 0.0 <= self.max_missing_fraction <= 1.0:
+            raise ConfigError(f"data.max_missing_fraction must lie in [0, 1], got {self.max_missing_fraction}")
 
 
 @dataclass
@@ -233,6 +238,9 @@ class EvalConfig:
     zeroshot: list[ZeroShotSpec] = field(default_factory=list)
     #: score at most this many items per benchmark (quick checks); None = all
     limit: int | None = None
+    #: share of a benchmark's items (pairs; images for retrieval and zero-shot) that may be left out for a
+    #: missing or unreadable image before its metrics say so (``over_missing_limit``); scoring nothing fails
+    max_missing_fraction: float = 0.01
     batch_size: int = 64
     workers: int = 2
     out: str = "metrics.json"
@@ -245,6 +253,8 @@ class EvalConfig:
             raise ConfigError(f"unknown families {unknown}; known: {list(ALL_FAMILIES)}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 0.0 <= self.max_missing_fraction <= 1.0:
+            raise ConfigError(f"max_missing_fraction must lie in [0, 1], got {self.max_missing_fraction}")
         names = [z.name for z in self.zeroshot]
         if any(not z.name or not z.path for z in self.zeroshot) or len(set(names)) != len(names):
             raise ConfigError(f"zeroshot: every set needs a unique name and a path, got {names}")

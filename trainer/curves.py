@@ -113,6 +113,7 @@ class CheckpointCurve:
             cfg.shards or train_cfg.data.paths, cfg.split, cfg.families, self.spec, built.tokenizer,
             cfg.image_root if cfg.shards else (cfg.image_root or train_cfg.data.image_root), cfg.limit,
             verify=cfg.verify if (cfg.shards or cfg.verify is not None) else train_cfg.data.verify,
+            root_flag="curves.image_root" if cfg.shards else "curves.image_root or data.image_root",
         )
         self.seconds += time.perf_counter() - t0
 

@@ -18,7 +18,12 @@ Because the order is computed from metadata and the group column alone, resuming
 decodes nothing of the skipped batches.
 Images are decoded only in the worker that owns the batch, at reduced size where the target is
 small (PIL draft mode for JPEG), and handed over as uint8; normalisation happens on the device.
-A missing or corrupt image is counted in the batch's ``skipped`` and the sample is dropped.
+A missing or corrupt image is counted in the batch's ``skipped`` and the sample is dropped; the
+batch carries one :class:`SkipExample` so that an error can show a path that did not resolve.
+
+Before training or evaluation starts, :func:`check_images` opens the images of the first rows
+(:data:`PROBE_ROWS`), so an image root that resolves nothing is an error within seconds
+(:class:`ImagesUnavailable`, whose message :func:`unresolved_message` writes).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import logging
 import math
 import os
 import random
+import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +55,8 @@ from pipeline.core.errors import ConfigError, SourceError
 log = logging.getLogger(__name__)
 
 SKIP_REASONS = ("missing", "corrupt", "no_image")
+#: rows whose images :func:`check_images` opens before a run starts
+PROBE_ROWS = 64
 #: shard files kept open at once per process (datasets can have thousands of shards)
 MAX_OPEN = 32
 #: folder of Parquet files in a published dataset (``data/<split>-XXXXX-of-YYYYY.parquet``)
@@ -85,8 +93,9 @@ def _local_files(p: str, split: str | None) -> list[str]:
 
 
 def _reason(e: BaseException) -> str:
-    """A reader's error message on one line (pyarrow's span several and may hold control bytes)."""
-    text = " ".join(str(e).split()) or type(e).__name__
+    """A reader's error message on one line (pyarrow's span several and may hold control bytes), without
+    object addresses (PIL names an in-memory file ``<_io.BytesIO object at 0x...>``)."""
+    text = re.sub(r" ?<[\w.]+ object at 0x[0-9a-fA-F]+>", "", " ".join(str(e).split())) or type(e).__name__
     return "".join(c if c.isprintable() else "?" for c in text)
 
 
@@ -217,6 +226,14 @@ class ShardIndex:
             old.close()
         return handle
 
+    def close(self) -> None:
+        """Close this process's open handles (a later :meth:`open` opens again); an index that is done
+        with, or that an error stops, should not hold files until the garbage collector finds it."""
+        cache: OrderedDict[int, pq.ParquetFile] = self.__dict__.get("_open") or OrderedDict()
+        if self.__dict__.get("_pid") == os.getpid():
+            while cache:
+                cache.popitem(last=False)[1].close()
+
     @property
     def units(self) -> list[tuple[int, int, int]]:
         """Every row group as ``(file, row_group, rows)``, in file order."""
@@ -266,11 +283,129 @@ def pick_negative(candidates: Sequence[str] | None, seed: int, epoch: int, sampl
 
 
 class ImageSkip(Exception):
-    """An image that cannot be used; ``reason`` is one of SKIP_REASONS."""
+    """An image that cannot be used; ``reason`` is one of SKIP_REASONS, ``path`` the row's image path
+    (None for embedded bytes) and ``detail`` what went wrong (for a missing file: where it was looked up)."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: str, detail: str = "", path: str | None = None) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
+        self.detail = detail
+        self.path = path
+
+
+class ImagesUnavailable(SourceError):
+    """The images of a dataset cannot be used (none of the first rows', or more than the allowed
+    share in a run); the message names the dataset, an image that did not resolve, the image root
+    searched and what to do (:func:`unresolved_message`)."""
+
+
+@dataclass(frozen=True)
+class SkipExample:
+    """One image that could not be used, as a message shows it (plain data: it crosses process borders)."""
+
+    sample_id: str
+    reason: str
+    #: the row's image path; None when the row embeds bytes (or has no image)
+    path: str | None
+    detail: str
+
+    @classmethod
+    def of(cls, sample_id: Any, e: ImageSkip) -> "SkipExample":
+        return cls(str(sample_id), e.reason, e.path, e.detail)
+
+
+def describe_counts(skipped: dict[str, int]) -> str:
+    """``"12 missing, 1 corrupt"``: the non-zero counts of a skip tally."""
+    return ", ".join(f"{n} {reason}" for reason, n in skipped.items() if n) or "none"
+
+
+def describe_data(paths: Sequence[str], split: str | None) -> str:
+    """The dataset as messages name it: its paths and split."""
+    where = ", ".join(str(p) for p in paths) or "(no paths)"
+    return f"{where} (split {split})" if split else where
+
+
+def unresolved_example(example: SkipExample | None, image_root: str | None) -> str:
+    """Which image failed and where it was looked for."""
+    if example is None:
+        return "no example on this process (see the other ranks' logs)"
+    if example.reason == "missing" and example.path:
+        if os.path.isabs(example.path):
+            return f"e.g. {example.path} does not exist"
+        if image_root:
+            return f"e.g. {example.path} was looked up as {example.detail} under the image root {image_root}"
+        return f"e.g. {example.path} was looked up under the working directory {os.getcwd()}, as no image root was given"
+    if example.reason == "no_image":
+        return f"e.g. row {example.sample_id} carries neither image bytes nor an image path"
+    what = example.path or "its embedded bytes"
+    return f"e.g. the image of row {example.sample_id} ({what}) cannot be read: {example.detail}"
+
+
+#: what the errors about a shard dataset's images add: where to learn where they come from
+CARD_HINT = "a published dataset's card says where its images come from"
+
+
+def unresolved_advice(example: SkipExample | None, root_flag: str, hint: str = "") -> str:
+    """What to do about images that did not resolve (``hint``: where to learn more, in brackets)."""
+    if example is not None and example.reason == "missing" and example.path and not os.path.isabs(example.path):
+        return (f"this dataset stores image paths only; pass {root_flag} pointing at the folder that holds "
+                f"{example.path}" + (f" ({hint})" if hint else ""))
+    if example is not None and example.reason == "missing":
+        return "the rows name absolute image paths; make them readable on this machine"
+    if example is not None and example.reason == "no_image":
+        return "the dataset has no images to train or score on"
+    return "replace the unreadable images or leave their rows out of the dataset"
+
+
+def unresolved_message(what: str, example: SkipExample | None, image_root: str | None, root_flag: str,
+                       advice: str | None = None, hint: str = "") -> str:
+    """One line: ``what`` happened (it names the dataset), an example, the image root searched, and
+    what to do (``advice``, by default :func:`unresolved_advice` with ``hint``)."""
+    return (f"{what}; {unresolved_example(example, image_root)}; "
+            f"{advice or unresolved_advice(example, root_flag, hint)}")
+
+
+@dataclass
+class ImageProbe:
+    """The images of a dataset's first rows, opened (not decoded) before a run starts."""
+
+    rows: int = 0
+    usable: int = 0
+    skipped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SKIP_REASONS, 0))
+    example: SkipExample | None = None
+
+
+def probe_images(index: "ShardIndex", image_root: str | None, rows: int = PROBE_ROWS) -> ImageProbe:
+    """Open the images of the first ``rows`` rows (file order) and count those that fail."""
+    probe = ImageProbe()
+    for row in index.iter_rows([schema.ID, schema.IMAGE]):
+        if probe.rows >= rows:
+            break
+        probe.rows += 1
+        try:
+            open_image(row[schema.IMAGE], image_root).close()
+            probe.usable += 1
+        except ImageSkip as e:
+            probe.skipped[e.reason] += 1
+            if probe.example is None:
+                probe.example = SkipExample.of(row[schema.ID], e)
+    return probe
+
+
+def check_images(index: "ShardIndex", image_root: str | None, dataset: str, root_flag: str,
+                 rows: int = PROBE_ROWS) -> ImageProbe:
+    """The probe of :func:`probe_images`; an :class:`ImagesUnavailable` error when none of the
+    probed images opens (a wrong or missing image root, a dataset published without its images)."""
+    probe = probe_images(index, image_root, rows)
+    if probe.rows and not probe.usable:
+        raise ImagesUnavailable(unresolved_message(
+            f"{dataset}: none of the images of its first {probe.rows} rows can be opened "
+            f"({describe_counts(probe.skipped)})", probe.example, image_root, root_flag, hint=CARD_HINT))
+    if probe.usable < probe.rows:
+        log.warning("%s: %d of the images of the first %d rows cannot be opened (%s); %s", dataset,
+                    probe.rows - probe.usable, probe.rows, describe_counts(probe.skipped),
+                    unresolved_example(probe.example, image_root))
+    return probe
 
 
 @dataclass(frozen=True)
@@ -303,14 +438,14 @@ def open_image(ref: dict[str, Any] | None, image_root: str | None) -> Image.Imag
         if path:
             full = path if (os.path.isabs(path) or not image_root) else os.path.join(image_root, path)
             if not os.path.exists(full):
-                raise ImageSkip("missing", full)
+                raise ImageSkip("missing", full, path)
             return Image.open(full)
     except ImageSkip:
         raise
     except FileNotFoundError as e:
-        raise ImageSkip("missing", str(e)) from e
+        raise ImageSkip("missing", str(e), path) from e
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageSkip("corrupt", str(e)) from e
+        raise ImageSkip("corrupt", _reason(e), path) from e
     raise ImageSkip("no_image", "row has neither image bytes nor a path")
 
 
@@ -377,7 +512,7 @@ def decode_image(
             out = canvas
         return np.asarray(out, dtype=np.uint8)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError) as e:
-        raise ImageSkip("corrupt", str(e)) from e
+        raise ImageSkip("corrupt", _reason(e)) from e
 
 
 def load_image(
@@ -391,6 +526,9 @@ def load_image(
     img = open_image(ref, image_root)
     try:
         return decode_image(img, spec, rng, scale, draft)
+    except ImageSkip as e:
+        e.path = (ref or {}).get("path")
+        raise
     finally:
         img.close()
 
@@ -650,6 +788,7 @@ class NegativeStream(tud.IterableDataset):
         negs: list[list[str | None]] = []
         ids: list[str] = []
         skipped = dict.fromkeys(SKIP_REASONS, 0)
+        example: SkipExample | None = None
         for row in rows:
             sid = str(row[schema.ID])
             rng = random.Random(stable_int(self.seed, epoch, sid, "crop")) if self.augment else None
@@ -659,6 +798,7 @@ class NegativeStream(tud.IterableDataset):
                 )
             except ImageSkip as e:
                 skipped[e.reason] += 1
+                example = example or SkipExample.of(sid, e)
                 log.debug("skipping sample %s: %s", sid, e)
                 continue
             ids.append(sid)
@@ -682,6 +822,7 @@ class NegativeStream(tud.IterableDataset):
             "index": j,
             "rows": len(rows),
             "skipped": skipped,
+            "skip_example": example,
         }
 
 

@@ -28,7 +28,11 @@ COCO retrieval (``coco_karpathy``)
     or Karpathy's ``dataset_coco.json`` (``images[*]`` with ``filepath``, ``filename``, ``split``,
     ``sentences[*].raw``; its ``test`` split is used). Image->text and text->image R@1/5/10.
 
-Missing or unreadable images are counted under ``skipped_images`` and their items left out.
+Missing or unreadable images are counted under ``skipped_images`` and their items left out. Each
+section says which share of its items that was (``skipped_fraction``) and whether it passed
+``max_missing_fraction`` (``over_missing_limit``, also logged and listed under ``warnings``); a section
+that scores nothing at all is an error, and the held-out shards' image root is checked on their
+first rows before the model is built (:func:`trainer.data.check_images`).
 """
 
 from __future__ import annotations
@@ -54,13 +58,19 @@ from pipeline.core.config import to_dict
 from pipeline.core.errors import ConfigError, SourceError
 from trainer.config import EvalConfig, eval_config
 from trainer.data import (
+    CARD_HINT,
     ImageSkip,
     ImageSpec,
+    ImagesUnavailable,
     ShardIndex,
+    SkipExample,
+    check_images,
     decode_image,
+    describe_data,
     images_to_tensor,
     normalize_images,
     open_image,
+    unresolved_message,
 )
 from trainer.distributed import DistInfo
 from trainer.loop import amp_dtype, resolve_device
@@ -250,7 +260,8 @@ class _Images(tud.Dataset):
     def __len__(self) -> int:
         return len(self.refs)
 
-    def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, str | None]:
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, SkipExample | None]:
+        """``(i, pixels, None)``, or ``(i, None, why)`` for an image that cannot be used."""
         ref, crop = self.refs[i]
         try:
             img = open_image(ref, self.root)
@@ -261,9 +272,9 @@ class _Images(tud.Dataset):
             finally:
                 img.close()
         except ImageSkip as e:
-            return i, None, e.reason
-        except (OSError, ValueError, SyntaxError):
-            return i, None, "corrupt"
+            return i, None, SkipExample(f"image {i}", e.reason, (ref or {}).get("path"), e.detail)
+        except (OSError, ValueError, SyntaxError) as e:
+            return i, None, SkipExample(f"image {i}", "corrupt", (ref or {}).get("path"), str(e))
 
 
 def _collate(items):
@@ -279,6 +290,8 @@ class Encoder:
         self.device, self.dtype, self.batch_size, self.workers = device, dtype, batch_size, workers
         self.progress = progress
         self.skipped: dict[str, int] = defaultdict(int)
+        #: the first image the last :meth:`images` call could not use, for messages
+        self.example: SkipExample | None = None
 
     def amp(self) -> contextlib.AbstractContextManager:
         """The autocast context of this encoder's precision (a no-op in fp32)."""
@@ -307,11 +320,13 @@ class Encoder:
                                 num_workers=self.workers, collate_fn=_collate)
         feats: torch.Tensor | None = None
         ok = torch.zeros(len(refs), dtype=torch.bool)
+        self.example = None
         for batch in tqdm(loader, desc=desc, unit="batch", disable=not self.progress):
             good = [(i, a) for i, a, _ in batch if a is not None]
-            for _, _, reason in batch:
-                if reason is not None:
-                    self.skipped[reason] += 1
+            for _, _, why in batch:
+                if why is not None:
+                    self.skipped[why.reason] += 1
+                    self.example = self.example or why
             if not good:
                 continue
             x = normalize_images(images_to_tensor([a for _, a in good], self.spec).to(self.device), self.spec)
@@ -381,12 +396,15 @@ class PairSet:
     """
 
     def __init__(self, images: torch.Tensor, tokens: torch.Tensor, pairs: torch.Tensor, families: list[str],
-                 skipped_images: dict[str, int] | None = None, skipped_pairs: int = 0) -> None:
+                 skipped_images: dict[str, int] | None = None, skipped_pairs: int = 0,
+                 example: SkipExample | None = None) -> None:
         #: uint8 (N_img, 3, H, W); int64 (N_txt, context); int64 (N_pairs, 4) = image, pos, neg, family
         self.images, self.tokens, self.pairs, self.families = images, tokens, pairs, families
         #: images that could not be used, by reason, and the pairs left out for them
         self.skipped_images = dict(skipped_images or {})
         self.skipped_pairs = skipped_pairs
+        #: the first image that could not be used
+        self.example = example
 
     @classmethod
     def from_shards(
@@ -400,12 +418,22 @@ class PairSet:
         limit: int | None = None,
         *,
         verify: bool | None = None,
+        root_flag: str = "image_root",
     ) -> PairSet:
         """The pairs of ``families`` in the shards (empty: every family with pairs there, renumbered);
-        no pair at all is a :class:`ConfigError`."""
+        no pair at all is a :class:`ConfigError`, and no pair with a usable image an
+        :class:`ImagesUnavailable` error that says to set ``root_flag``."""
         index = ShardIndex.from_paths(list(paths), split, verify=verify)
         fams = list(families) or [f for f in ALL_FAMILIES if any(f in sf.columns for sf in index.files)]
-        pairs = cls.from_items(shard_items(index, fams, limit), fams, spec, tokenizer, image_root)
+        try:
+            items = shard_items(index, fams, limit)
+        finally:
+            index.close()
+        pairs = cls.from_items(items, fams, spec, tokenizer, image_root)
+        if not len(pairs.pairs) and pairs.skipped_pairs:
+            raise ImagesUnavailable(unresolved_message(
+                f"{describe_data(paths, split)}: no held-out pair can be scored, the images of all "
+                f"{pairs.skipped_pairs} are missing or unreadable", pairs.example, image_root, root_flag, hint=CARD_HINT))
         if not len(pairs.pairs):
             raise ConfigError(f"no held-out pairs of families {fams} in {list(paths)} (split {split!r})")
         if not families:  # only the families that have pairs, renumbered
@@ -431,13 +459,15 @@ class PairSet:
                 refs.append((it.image, None))
         arrays: list[np.ndarray | None] = [None] * len(refs)
         skipped_images: dict[str, int] = defaultdict(int)
+        example: SkipExample | None = None
         loader = tud.DataLoader(_Images(refs, image_root, spec), batch_size=64, num_workers=workers,
                                 collate_fn=_collate)
         for batch in loader:
-            for i, array, reason in batch:
+            for i, array, why in batch:
                 arrays[i] = array
-                if reason is not None:
-                    skipped_images[reason] += 1
+                if why is not None:
+                    skipped_images[why.reason] += 1
+                    example = example or why
         position, kept = [-1] * len(refs), []
         for i, a in enumerate(arrays):
             if a is not None:
@@ -458,7 +488,7 @@ class PairSet:
         tokens = tokenizer(list(text_of)) if text_of else torch.zeros((0, 0), dtype=torch.long)
         pairs = torch.tensor(rows, dtype=torch.long).reshape(-1, 4)
         log.info("held-out pairs: %d over %d images and %d texts", len(rows), len(kept), len(text_of))
-        return cls(images_to_tensor(kept, spec), tokens, pairs, fams, dict(skipped_images), skipped_pairs)
+        return cls(images_to_tensor(kept, spec), tokens, pairs, fams, dict(skipped_images), skipped_pairs, example)
 
     def accuracy(self, model: Any, spec: ImageSpec, batch_size: int = 256, device: torch.device | None = None,
                  dtype: torch.dtype | None = None) -> dict[str, Any]:
@@ -494,6 +524,37 @@ class PairSet:
 # --------------------------------------------------------------------------------------------
 # the entry point
 
+#: the setting that names each benchmark's image root, as the errors about images say it
+_ROOT_FLAGS = {
+    "shards": "--image-root (image_root)",
+    "sugarcrepe": "--sugarcrepe-image-root (sugarcrepe_image_root)",
+    "aro": "--aro-image-root (aro_image_root)",
+    "coco": "--coco-image-root (coco_image_root)",
+    "zeroshot": "the set's image_root (paths of a CSV resolve against it, else against the CSV's folder)",
+}
+
+
+def _judge_section(name: str, section: dict[str, Any], scored: int, skipped: int, unit: str, limit: float,
+                   root: str | None, flag: str, example: SkipExample | None, warnings: list[str]) -> None:
+    """Fail a section that scored nothing; otherwise record which share of its items was left out
+    (``skipped_fraction``) and whether that passed ``limit`` (``over_missing_limit``, logged and
+    added to ``warnings``)."""
+    total = scored + skipped
+    if not scored:
+        if not total:
+            raise SourceError(f"eval section {name} scores nothing: its input holds no {unit}")
+        raise ImagesUnavailable(unresolved_message(
+            f"eval section {name} scores nothing: the images of all its {total} {unit} are missing or unreadable",
+            example, root, flag, hint=CARD_HINT if name == "shards" else ""))
+    share = skipped / total
+    section["skipped_fraction"] = share
+    section["over_missing_limit"] = share > limit
+    if share > limit:
+        msg = (f"eval section {name}: {skipped} of {total} {unit} ({share:.1%}) were left out for a missing or "
+               f"unreadable image, more than max_missing_fraction = {limit:g}; its figures cover the rest only")
+        log.warning("%s", msg)
+        warnings.append(msg)
+
 
 def evaluate(config: EvalConfig | dict[str, Any]) -> dict[str, Any]:
     """Run every configured benchmark and write the metrics JSON to ``config.out``."""
@@ -504,7 +565,11 @@ def evaluate(config: EvalConfig | dict[str, Any]) -> dict[str, Any]:
     if cfg.shards:  # read (and checked) before a model is built, so damaged shards stop the run at once
         families = list(cfg.families) or list(ALL_FAMILIES)
         index = ShardIndex.from_paths(cfg.shards, cfg.split, verify=cfg.verify)
-        shards = (shard_items(index, families, cfg.limit), families)
+        try:
+            check_images(index, cfg.image_root, describe_data(cfg.shards, cfg.split), _ROOT_FLAGS["shards"])
+            shards = (shard_items(index, families, cfg.limit), families)
+        finally:
+            index.close()
     device = resolve_device(cfg.model.device, DistInfo())
     dtype = amp_dtype(cfg.model.precision, device)
     built = build_model(cfg.model, device)
@@ -515,21 +580,33 @@ def evaluate(config: EvalConfig | dict[str, Any]) -> dict[str, Any]:
         "model": {"name": built.name, "pretrained": cfg.model.pretrained},
         "config": to_dict(cfg),
     }
+    warnings: list[str] = []
+
+    def judge(name: str, section: dict[str, Any], scored: int, skipped: int, unit: str, root: str | None,
+              flag: str, example: SkipExample | None) -> None:
+        _judge_section(name, section, scored, skipped, unit, cfg.max_missing_fraction, root, flag, example, warnings)
 
     if shards is not None:
         held_out = PairSet.from_items(shards[0], shards[1], spec, built.tokenizer, cfg.image_root, cfg.workers)
         for reason, n in held_out.skipped_images.items():
             enc.skipped[reason] += n
+        if not shards[0]:
+            raise ConfigError(f"eval section shards scores nothing: {describe_data(cfg.shards, cfg.split)} holds no "
+                              f"pairs of families {shards[1]}")
         metrics["shards"] = {
             **held_out.accuracy(built.model, spec, cfg.batch_size, device, dtype),
             "skipped_pairs": held_out.skipped_pairs,
         }
+        judge("shards", metrics["shards"], len(held_out.pairs), held_out.skipped_pairs, "pairs", cfg.image_root,
+              _ROOT_FLAGS["shards"], held_out.example)
 
     if cfg.sugarcrepe:
         sc: dict[str, Any] = {}
         for path in cfg.sugarcrepe:
             res = score_pairs(enc, load_sugarcrepe(path, cfg.limit), cfg.sugarcrepe_image_root, Path(path).stem)
             sc[Path(path).stem] = {"accuracy": res["accuracy"], "pairs": res["pairs"], "skipped_pairs": res["skipped_pairs"]}
+            judge(f"sugarcrepe {Path(path).stem} ({path})", sc[Path(path).stem], res["pairs"], res["skipped_pairs"],
+                  "pairs", cfg.sugarcrepe_image_root, _ROOT_FLAGS["sugarcrepe"], enc.example)
         accs = [v["accuracy"] for v in sc.values() if v["accuracy"] is not None]
         metrics["sugarcrepe"] = {"categories": sc, "mean": sum(accs) / len(accs) if accs else None}
 
@@ -537,6 +614,8 @@ def evaluate(config: EvalConfig | dict[str, Any]) -> dict[str, Any]:
                             ("aro_vg_attribution", cfg.aro_attribution, "attribution")):
         if path:
             metrics[key] = score_pairs(enc, load_aro(path, kind, cfg.limit), cfg.aro_image_root, key)
+            judge(f"{key} ({path})", metrics[key], metrics[key]["pairs"], metrics[key]["skipped_pairs"], "pairs",
+                  cfg.aro_image_root, _ROOT_FLAGS["aro"], enc.example)
 
     if cfg.coco_karpathy:
         images, captions, owner = load_karpathy(cfg.coco_karpathy, cfg.limit)
@@ -552,11 +631,18 @@ def evaluate(config: EvalConfig | dict[str, Any]) -> dict[str, Any]:
             rec = {}
         metrics["coco_retrieval"] = {**rec, "images": len(keep_img), "captions": len(keep_txt),
                                      "skipped_images": len(images) - len(keep_img)}
+        judge(f"coco_retrieval ({cfg.coco_karpathy})", metrics["coco_retrieval"], len(keep_img),
+              len(images) - len(keep_img), "images", cfg.coco_image_root, _ROOT_FLAGS["coco"], enc.example)
 
     if cfg.zeroshot:
-        metrics["zeroshot"] = {z.name: zeroshot_scores(enc, z, cfg.limit) for z in cfg.zeroshot}
+        metrics["zeroshot"] = {}
+        for z in cfg.zeroshot:
+            res = metrics["zeroshot"][z.name] = zeroshot_scores(enc, z, cfg.limit)
+            judge(f"zeroshot {z.name} ({z.path})", res, res["images"], res["skipped_images"], "images", None,
+                  _ROOT_FLAGS["zeroshot"], enc.example)
 
     metrics["skipped_images"] = dict(enc.skipped)
+    metrics["warnings"] = warnings
     metrics["wall_s"] = round(time.time() - t0, 3)
     if sum(enc.skipped.values()):
         log.warning("skipped images: %s", dict(enc.skipped))

@@ -30,7 +30,20 @@ from pipeline.core.config import config_hash, to_dict
 from pipeline.core.errors import ConfigError, HardnegError, SourceError
 from trainer import checkpoint as ckpt
 from trainer.config import LossConfig, TrainConfig, train_config
-from trainer.data import ImageSpec, NegativeStream, ShardIndex, make_loader, normalize_images
+from trainer.data import (
+    CARD_HINT,
+    ImageSpec,
+    ImagesUnavailable,
+    NegativeStream,
+    ShardIndex,
+    SkipExample,
+    check_images,
+    describe_counts,
+    describe_data,
+    make_loader,
+    normalize_images,
+    unresolved_message,
+)
 from trainer.distributed import (
     DistInfo,
     all_reduce_sum,
@@ -95,7 +108,7 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
 #: settings that do not change what a run computes: a resume may differ in these
 _RUN_ONLY = frozenset(
     {"output_dir", "resume", "progress", "tensorboard", "log_every", "checkpoint_every", "keep_checkpoints",
-     "data.workers", "data.verify", "optim.max_nonfinite_steps"}
+     "data.workers", "data.verify", "data.max_missing_fraction", "optim.max_nonfinite_steps"}
 )
 
 
@@ -205,6 +218,8 @@ class TrainState:
     samples_seen: int = 0
     #: images left out, by reason (SKIP_KEYS)
     skipped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SKIP_KEYS, 0))
+    #: images left out in this epoch, all reasons and ranks (what ``data.max_missing_fraction`` bounds)
+    skipped_in_epoch: int = 0
     #: steps that made no update because the loss or a gradient was not finite, and how many in a row
     skipped_nonfinite: int = 0
     nonfinite_streak: int = 0
@@ -214,6 +229,8 @@ class TrainState:
     first_loss: float | None = None
     losses_tail: list[float] = field(default_factory=list)
     last_checkpoint: Path | None = None
+    #: the latest image this process could not use, for messages
+    skip_example: SkipExample | None = None
 
     def checkpoint_fields(self) -> dict[str, Any]:
         return {
@@ -223,6 +240,7 @@ class TrainState:
             "samples_seen": self.samples_seen,
             "thresholds": dict(self.thresholds),
             "skipped": dict(self.skipped),
+            "skipped_in_epoch": self.skipped_in_epoch,
             "skipped_nonfinite": self.skipped_nonfinite,
         }
 
@@ -230,6 +248,7 @@ class TrainState:
         self.step, self.epoch = int(saved["step"]), int(saved["epoch"])
         self.batch_in_epoch, self.samples_seen = int(saved["batch_in_epoch"]), int(saved["samples_seen"])
         self.skipped.update(saved.get("skipped", {}))
+        self.skipped_in_epoch = int(saved.get("skipped_in_epoch", 0))
         self.skipped_nonfinite = int(saved.get("skipped_nonfinite", 0))
         self.thresholds.update(saved.get("thresholds", {}))
 
@@ -250,6 +269,8 @@ class Trainer:
     families: list[str]
     use_negs: bool
     stream: NegativeStream
+    #: images a run may leave out per epoch (``data.max_missing_fraction`` of the dataset's rows)
+    missing_budget: int
     steps_per_epoch: int
     total_steps: int
     optimizer: torch.optim.Optimizer
@@ -273,6 +294,17 @@ def setup(cfg: TrainConfig, info: DistInfo) -> Trainer:
         log.info("training on the CPU in fp32 (precision %r applies to GPUs)", cfg.model.precision)
     # the shards first: a damaged or foreign dataset stops the run before a model is built or downloaded
     index = ShardIndex.from_paths(cfg.data.paths, cfg.data.split, verify=cfg.data.verify)
+    try:
+        return _setup(cfg, info, index, out_dir, device, dtype)
+    except BaseException:
+        index.close()  # the traceback keeps the index alive; its files need not stay open with it
+        raise
+
+
+def _setup(cfg: TrainConfig, info: DistInfo, index: ShardIndex, out_dir: Path, device: torch.device,
+           dtype: torch.dtype | None) -> Trainer:
+    # then the images of the first rows: a root that resolves nothing is an error in seconds
+    _check_images_on_every_rank(index, cfg, info, device)
 
     torch.manual_seed(cfg.seed)
     built = build_model(cfg.model, device)
@@ -309,8 +341,31 @@ def setup(cfg: TrainConfig, info: DistInfo) -> Trainer:
         optimizer, lr_lambda(cfg.optim.warmup_steps, total_steps, cfg.optim.schedule)
     )
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    return Trainer(cfg, info, out_dir, device, dtype, built, spec, families, use_negs, stream, steps_per_epoch,
-                   total_steps, optimizer, scheduler, scaler, ddp_model=built.model)
+    missing_budget = math.floor(cfg.data.max_missing_fraction * index.num_rows)
+    return Trainer(cfg, info, out_dir, device, dtype, built, spec, families, use_negs, stream, missing_budget,
+                   steps_per_epoch, total_steps, optimizer, scheduler, scaler, ddp_model=built.model)
+
+
+#: the setting that names the image root, as the errors about images say it
+ROOT_FLAG = "--image-root (data.image_root)"
+
+
+def _dataset(cfg: TrainConfig) -> str:
+    return describe_data(cfg.data.paths, cfg.data.split)
+
+
+def _check_images_on_every_rank(index: ShardIndex, cfg: TrainConfig, info: DistInfo, device: torch.device) -> None:
+    """:func:`check_images` on every rank; one that fails stops them all (one collective)."""
+    error: ImagesUnavailable | None = None
+    try:
+        check_images(index, cfg.data.image_root, _dataset(cfg), ROOT_FLAG)
+    except ImagesUnavailable as e:
+        error = e
+    if all_reduce_sum([float(error is not None)], device)[0]:
+        raise error or ImagesUnavailable(
+            f"{_dataset(cfg)}: another rank cannot open the images of the first rows (see its log for the path "
+            f"it looked up); pass {ROOT_FLAG} pointing at the folder that holds the dataset's image paths"
+        )
 
 
 def wrap_ddp(tr: Trainer) -> None:
@@ -377,8 +432,9 @@ def next_batch(tr: Trainer, state: TrainState, it: Iterator[dict[str, Any]]) -> 
     """The next batch of this epoch, None at its end; every rank learns the same from one collective.
 
     A batch in which no rank has a usable image comes back with no ``ids`` on some rank: the caller
-    skips the step (all ranks alike). Image skips are counted into ``state``. A shard that cannot be
-    read on any rank stops every rank with a :class:`SourceError`.
+    skips the step (all ranks alike). Image skips are counted into ``state``; once this epoch's pass
+    ``data.max_missing_fraction`` of the dataset's rows, every rank stops with :class:`ImagesUnavailable`.
+    A shard that cannot be read on any rank stops every rank with a :class:`SourceError`.
     """
     batch = next(it, None)
     error = batch.get("error") if batch is not None else None
@@ -393,6 +449,11 @@ def next_batch(tr: Trainer, state: TrainState, it: Iterator[dict[str, Any]]) -> 
     state.batch_in_epoch += 1
     for k, v in zip(SKIP_KEYS, flags[2:5]):
         state.skipped[k] += int(v)
+    state.skipped_in_epoch += int(sum(flags[2:5]))
+    if batch is not None and batch.get("skip_example") is not None:
+        state.skip_example = batch["skip_example"]
+    if state.skipped_in_epoch > tr.missing_budget:  # the same counts on every rank: all stop together
+        raise ImagesUnavailable(_too_many_missing(tr, state))
     if flags[1]:
         return {"ids": []}
     return batch
@@ -500,10 +561,18 @@ def train(
 
 
 def _train(cfg: TrainConfig, info: DistInfo, callbacks: Sequence[Callable[[dict[str, Any]], None]]) -> dict[str, Any]:
-    from tqdm.auto import tqdm
-
     t_start = time.time()
     tr = setup(cfg, info)
+    try:
+        return _train_run(tr, t_start, callbacks)
+    finally:
+        tr.stream.index.close()  # this process's shard handles: an error must not keep them open
+
+
+def _train_run(tr: Trainer, t_start: float, callbacks: Sequence[Callable[[dict[str, Any]], None]]) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    cfg, info = tr.cfg, tr.info
     state = TrainState(thresholds={f: None for f in tr.families})
     resumed = resume(tr, state)
     wrap_ddp(tr)
@@ -518,6 +587,11 @@ def _train(cfg: TrainConfig, info: DistInfo, callbacks: Sequence[Callable[[dict[
     tr.model.train()
     try:
         _run(tr, state, loader, runlog, bar, callbacks)
+        if state.step == 0:  # every batch was skipped: there is nothing to save and no model to use
+            raise ImagesUnavailable(unresolved_message(
+                f"{_dataset(cfg)}: the run trained 0 steps, no batch held a usable image "
+                f"({describe_counts(state.skipped)}); no weights were written",
+                state.skip_example, cfg.data.image_root, ROOT_FLAG, hint=CARD_HINT))
         save_checkpoint(tr, state)
     finally:
         bar.close()
@@ -593,8 +667,34 @@ def _run(tr: Trainer, state: TrainState, loader: Any, runlog: RunLog, bar: Any,
         if epoch_done:
             state.epoch += 1
             state.batch_in_epoch = 0
+            state.skipped_in_epoch = 0
             if state.step < tr.total_steps and state.nonfinite_streak == 0:
                 save_checkpoint(tr, state)
+
+
+def _too_many_missing(tr: Trainer, state: TrainState) -> str:
+    cfg = tr.cfg
+    rows = tr.stream.index.num_rows
+    n = state.skipped_in_epoch
+    what = (
+        f"{_dataset(cfg)}: {n} image{'s' if n != 1 else ''} of epoch {state.epoch} (by its batch "
+        f"{state.batch_in_epoch}, step {state.step}) {'were' if n != 1 else 'was'} missing or unreadable, more than "
+        f"data.max_missing_fraction = {cfg.data.max_missing_fraction:g} of the dataset's {rows} rows allows "
+        f"({tr.missing_budget}), so the run stopped; {_last_checkpoint(state)}; over the run: "
+        f"{describe_counts(state.skipped)}"
+    )
+    advice = (
+        f"put the missing images where {ROOT_FLAG} points (or point it at a folder that holds them all) and "
+        "replace unreadable ones, or raise data.max_missing_fraction to train without them; a rerun resumes "
+        "from the last checkpoint"
+    )
+    return unresolved_message(what, state.skip_example, cfg.data.image_root, ROOT_FLAG, advice)
+
+
+def _last_checkpoint(state: TrainState) -> str:
+    if state.last_checkpoint is None:
+        return "no checkpoint was written yet"
+    return f"the last good checkpoint is {state.last_checkpoint}"
 
 
 def _last_good(state: TrainState) -> str:
@@ -648,6 +748,7 @@ def _data_hash(cfg: TrainConfig) -> str:
     d = to_dict(cfg.data)
     d.pop("workers", None)
     d.pop("verify", None)  # checking the data does not change it
+    d.pop("max_missing_fraction", None)
     return config_hash({"data": d, "seed": cfg.seed})
 
 

@@ -9,7 +9,10 @@ from one of those three, never from a constant. Unknown template names fail (``S
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -134,6 +137,82 @@ def source_facts(manifest: Manifest, dataset_dir: Path) -> dict[str, Any]:
     return {"coco": coco, "karpathy": coco and "karpathy" in text, "first_image_path": first_path}
 
 
+#: eval splits, in order of preference
+_EVAL_SPLITS = ("test", "val", "validation", "dev")
+#: the folder the card's commands expect the images in (relative to where they run), per kind of source
+IMAGES_DIR = {"coco": "coco", "other": "images"}
+WEIGHTS = "final/open_clip_pytorch_model.bin"
+
+
+def image_folders(dataset_dir: Path) -> dict[str, list[tuple[str, int]]]:
+    """Per split, the top folders of the rows' image paths (``train2014``, ``val2014``) and their rows;
+    read from the ``image.path`` column only, so embedded bytes are not read."""
+    import pyarrow.parquet as pq
+
+    from pipeline.contract.schema import IMAGE
+    from pipeline.contract.shards import list_shards
+
+    out: dict[str, list[tuple[str, int]]] = {}
+    for split, files in list_shards(dataset_dir).items():
+        counts: Counter[str] = Counter()
+        for f in files:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=65536, columns=[f"{IMAGE}.path"]):
+                column = batch.column(0)  # struct<path>: the image struct with only its path read
+                for path in column.field("path").to_pylist():
+                    counts[path.split("/", 1)[0] + "/" if path and "/" in path else "(no folder)"] += 1
+        out[split] = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return out
+
+
+def synth_world(manifest: Manifest) -> dict[str, Any] | None:
+    """The ``world.json`` of a ``hardneg synth`` world the source was read from, when it is at hand
+    (the source path as recorded, from where ``publish`` runs); None otherwise."""
+    root = Path(manifest.source.path) if manifest.source.path else None
+    if root is None or not (root / "world.json").is_file():
+        return None
+    try:
+        world = json.loads((root / "world.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(world, dict) or not isinstance(world.get("config"), dict):
+        return None
+    return world
+
+
+def synth_command(world: dict[str, Any], out: str) -> str:
+    """``hardneg synth`` with the world's settings, writing its images as files under ``out``
+    (``<out>/<split>/<n>.png``, the paths its rows name), one setting per line."""
+    import yaml
+
+    fixed = {"embed_images": False, "recognition_per_class": 0}
+    sets = [f"{k}={_flow(yaml, v)}" for k, v in sorted(world["config"].items()) if k not in fixed]
+    sets += [f"{k}={_flow(yaml, v)}" for k, v in fixed.items()]
+    return " \\\n    ".join([f"hardneg synth --out {out}", *(f"--set {shlex.quote(x)}" for x in sets)])
+
+
+def _flow(yaml: Any, value: Any) -> str:
+    return str(yaml.safe_dump(value, default_flow_style=True, width=10_000)).strip().removesuffix("...").strip()
+
+
+def usage_commands(repo_id: str, splits: list[str], image_dir: str | None) -> dict[str, Any]:
+    """The card's ``hardneg train`` / ``hardneg eval`` command lines on a local copy of the repository
+    (a folder named after it), with ``--image-root image_dir`` when the images are not included."""
+    local = repo_id.split("/", 1)[-1]
+    train = "train" if "train" in splits else (splits[0] if splits else "train")
+    evals = [s for s in _EVAL_SPLITS if s in splits] or [s for s in splits if s != train] or [train]
+    root = f" --image-root {image_dir}" if image_dir else ""
+    run = f"runs/{local}"
+    split_flag = f" --split {train}" if train != "train" else ""
+    return {
+        "local_dir": local,
+        "train_split": train,
+        "eval_split": evals[0],
+        "train": f"hardneg train --data {local}{split_flag}{root} -o {run}",
+        "eval": f"hardneg eval --shards {local} --split {evals[0]}{root} --pretrained {run}/{WEIGHTS} -o {run}/eval.json",
+        "stream_flags": f"{split_flag}{root} -o {run}",
+    }
+
+
 def _first_image_path(dataset_dir: Path) -> str | None:
     from pipeline.contract.dataset import iter_rows
     from pipeline.contract.schema import IMAGE
@@ -186,6 +265,10 @@ def card_context(
 
     facts = source_facts(manifest, dataset_dir)
     by_split = layout.split_entries()
+    images_included = layout.images_included
+    world = None if images_included or facts["coco"] else synth_world(manifest)
+    image_dir = None if images_included else IMAGES_DIR["coco" if facts["coco"] else "other"]
+    folders = image_folders(dataset_dir) if facts["coco"] and not images_included else {}
     examples = summarize(dataset_dir, examples=cfg.examples_per_family, seed=0)["families"]
     spacy = manifest.spacy
     rev = cfg.revision
@@ -195,7 +278,18 @@ def card_context(
         "rows": sum(sp["num_examples"] for sp in data.dataset_info["splits"]),
         "hardneg_version": manifest.hardneg_version,
         "splits": [{"name": s, "rows": sum(e.rows for e in es), "files": len(es)} for s, es in by_split.items()],
-        "images_included": layout.images_included,
+        "images_included": images_included,
+        "images_left_out": layout.embeds_images and not images_included,
+        "image_dir": image_dir,
+        "image_folders": folders,
+        "folder_names": sorted({f for fs in folders.values() for f, _ in fs if f.endswith("/")}),
+        "synth": None if world is None else {
+            "config_hash": world.get("config_hash", "?"),
+            "seed": world["config"].get("seed", "?"),
+            "path": manifest.source.path,
+            "command": synth_command(world, image_dir or IMAGES_DIR["other"]),
+        },
+        "commands": usage_commands(cfg.repo_id, list(by_split), image_dir),
         "k": manifest.config.get("k"),
         "families": manifest.families,
         "descriptions": FAMILY_DESCRIPTIONS,
