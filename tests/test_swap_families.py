@@ -394,6 +394,18 @@ def test_candidates_carry_provenance(parsed):
                 "object_swap": [("phrase", "a large gray heart above a small yellow star", False, False)],
             },
         ),
+        (
+            # "two shapes: ..." is an apposition, not a list: its phrase still moves
+            "two shapes: a small blue diamond to the left of a large black cross",
+            {
+                "relation_swap": [("prep", "two shapes: a large black cross to the left of a small blue diamond", False, False)],
+                "attribute_swap": [
+                    ("exchange", "two shapes: a large blue diamond to the left of a small black cross", False, False),
+                    ("exchange", "two shapes: a small black diamond to the left of a large blue cross", False, False),
+                ],
+                "object_swap": [("phrase", "two shapes: a large black cross to the left of a small blue diamond", False, False)],
+            },
+        ),
     ],
 )
 def test_the_embedded_world_stays_swappable(parsed, caption, expected):
@@ -577,4 +589,13 @@ def test_relation_swap_possessives_numbers_and_clauses(parsed, caption, expected
 def test_relation_swap_counts_the_structures_it_cannot_move(parsed):
     assert proposals(parsed, "Fruits and vegetables are on the stove.", "relation_swap") == [
         ("REJECT", "coordinated", ("fruit", "stove"))
+    ]
+
+
+def test_members_of_one_list_exchange_symmetrically(parsed):
+    # a comma list parsed as appositions: two of its members exchanged change nothing
+    got = proposals(parsed, "Gloves, cell phone, lip gloss, a hairbrush and other items are on the table.", "object_swap")
+    assert ("phrase", "Cell phone, gloves, lip gloss, a hairbrush and other items are on the table.", True, True) in got
+    assert proposals(parsed, "Gloves, cell phone, lip gloss, a hairbrush and other items are on the table.", "relation_swap") == [
+        ("REJECT", "coordinated", ("glove", "table"))
     ]

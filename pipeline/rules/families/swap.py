@@ -548,14 +548,24 @@ def _exchange_phrases(
     for p, new_plural, old_plural in ((a, sb.plural, sa.plural), (b, sa.plural, sb.plural)):
         if not _coordinated(toks, parsed.children, p):  # a coordination's verb agrees with the whole
             reps += _subject_agreement(toks, parsed.children, p, new_plural, old_plural)
-    old, new = exchange_pairs(parsed.deps, toks, parsed.children, parsed.lemmas, (a.start, a_end), (b.start, b_end))
+    return _exchange_edit(parsed, family, rule, reps, items, symmetric, _cross_class(sa, sb, sem),
+                          (a.start, a_end), (b.start, b_end), tier)
+
+
+def _exchange_edit(
+    parsed: ParsedCaption, family: str, rule: str, reps: list[Replacement], items: tuple[str, str], symmetric: bool,
+    cross_class: bool, span_a: tuple[int, int], span_b: tuple[int, int], tier: int,
+) -> Edit:
+    """The edit that exchanges token spans ``span_a`` and ``span_b``, with the dependency pairs the
+    exchange removes and creates."""
+    old, new = exchange_pairs(parsed.deps, parsed.toks, parsed.children, parsed.lemmas, span_a, span_b)
     return Edit(
         family=family,
         rule=rule,
         replacements=tuple(reps),
         items=items,
         symmetric_link=symmetric,
-        cross_class=_cross_class(sa, sb, sem),
+        cross_class=cross_class,
         pairs_old=old,
         pairs_new=new,
         tier=tier,
@@ -777,22 +787,35 @@ def _completes_of(toks: Toks, p: NounPhrase) -> bool:
     return owner.lower in QUANTITY_NOUNS and owner.i < p.start
 
 
-#: how the members of a list of nouns hang on each other ("gloves, cell phone, lip gloss and ...":
-#: the small parser reads a comma list as appositions as often as conjuncts)
-_LIST_DEPS = frozenset({"conj", "appos"})
+#: what may stand between a list's comma and the noun of its next member ("a", "small", "cell")
+_PRE_NOUN_DEPS = frozenset({"det", "amod", "compound", "nummod", "advmod", "poss", "case", "punct"})
+
+
+def _member(toks: Toks, i: int) -> bool:
+    """Whether noun ``i`` hangs on the noun before it as the next member of a list: a conjunct, or
+    an apposition after a comma (the small parser reads "gloves, cell phone, lip gloss" as
+    appositions as often as conjuncts; "two shapes: a blue diamond ..." is no list)."""
+    t = toks[i]
+    if t.head == i or toks[t.head].pos not in ("NOUN", "PROPN"):
+        return False
+    if t.dep == "conj":
+        return True
+    if t.dep != "appos":
+        return False
+    start = i
+    while start > 0 and toks[start - 1].head == i and toks[start - 1].dep in _PRE_NOUN_DEPS and toks[start - 1].text != ",":
+        start -= 1
+    return start > 0 and toks[start - 1].text == ","
 
 
 def _coordinated(toks: Toks, children: tuple[tuple[int, ...], ...], p: NounPhrase) -> bool:
     """Whether ``p``'s noun is one member of a coordination or list of nouns."""
-    t = toks[p.head]
-    if t.dep in _LIST_DEPS and toks[t.head].pos in ("NOUN", "PROPN"):
-        return True
-    return any(toks[c].dep in _LIST_DEPS and toks[c].pos in ("NOUN", "PROPN") for c in children[p.head])
+    return _member(toks, p.head) or any(toks[c].pos in ("NOUN", "PROPN") and _member(toks, c) for c in children[p.head])
 
 
 def _list_root(toks: Toks, i: int) -> int:
     """The first member of the list of nouns that token ``i`` belongs to (``i`` itself if none)."""
-    while toks[i].dep in _LIST_DEPS and toks[i].head != i and toks[toks[i].head].pos in ("NOUN", "PROPN"):
+    while _member(toks, i):
         i = toks[i].head
     return i
 
@@ -1201,18 +1224,8 @@ def _noun_exchange(
     reps = [Replacement(sa.name_start, a.noun + 1, ta), Replacement(sb.name_start, b.noun + 1, tb), *pron]
     reps += _subject_agreement(toks, parsed.children, a, pa, sa.plural)
     reps += _subject_agreement(toks, parsed.children, b, pb, sb.plural)
-    old, new = exchange_pairs(parsed.deps, toks, parsed.children, parsed.lemmas, (sa.name_start, a.noun + 1), (sb.name_start, b.noun + 1))
-    return Edit(
-        family="object_swap",
-        rule="noun",
-        replacements=tuple(reps),
-        items=items,
-        symmetric_link=symmetric,
-        cross_class=_cross_class(sa, sb, sem),
-        pairs_old=old,
-        pairs_new=new,
-        tier=TIERS["object_swap"]["noun"],
-    )
+    return _exchange_edit(parsed, "object_swap", "noun", reps, items, symmetric, _cross_class(sa, sb, sem),
+                          (sa.name_start, a.noun + 1), (sb.name_start, b.noun + 1), TIERS["object_swap"]["noun"])
 
 
 def _with_prefix(toks: Toks, s: Slot, p: NounPhrase, form: str) -> str:
