@@ -599,3 +599,16 @@ def test_members_of_one_list_exchange_symmetrically(parsed):
     assert proposals(parsed, "Gloves, cell phone, lip gloss, a hairbrush and other items are on the table.", "relation_swap") == [
         ("REJECT", "coordinated", ("glove", "table"))
     ]
+
+
+def test_a_symmetric_relation_with_a_relation_of_its_own_is_a_new_caption(parsed):
+    # "with" relates both ways, but the cross has the diamond on its left: exchanged, that changes
+    assert proposals(parsed, "a large black cross with a small blue diamond to its left", "relation_swap") == [
+        ("prep", "a small blue diamond with a large black cross to its left", False, False)
+    ]
+    # each conjunct has its own place: exchanging them says which shape is where
+    assert proposals(parsed, "a small gray circle at the top and a large blue diamond at the bottom", "object_swap") == [
+        ("phrase", "a large blue diamond at the top and a small gray circle at the bottom", False, False)
+    ]
+    # one place for both: the conjuncts share it
+    assert ("phrase", "a dog and a cat on a bed", True, False) in proposals(parsed, "a cat and a dog on a bed", "object_swap")

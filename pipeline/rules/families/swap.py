@@ -361,15 +361,47 @@ def _link_between(parsed: ParsedCaption, a: int, b: int) -> Link | None:
 
 def _only_symmetric(parsed: ParsedCaption, link: Link | None) -> bool:
     """Whether exchanging the two phrases of ``link`` changes nothing: the link is symmetric ("next
-    to", "and") and neither phrase takes part in another relation ("A man riding a horse next to a
-    woman": the man rides, so exchanging him with the woman is a new caption). Two conjuncts share
-    their relations, so exchanging them never changes anything ("a cat and a dog on a bed")."""
+    to", "with", "and") and neither phrase has a relation of its own. "A man riding a horse next to a
+    woman": the man rides, so exchanging him with the woman is a new caption; "a cross with a diamond
+    to its left": the cross has the diamond on its left. Two conjuncts share their relations ("a cat
+    and a dog on a bed"), unless each has its own ("a circle at the top and a diamond at the
+    bottom")."""
     if link is None or not link.symmetric:
         return False
+    toks, children = parsed.toks, parsed.children
+    a, b = parsed.phrases[link.a].head, parsed.phrases[link.b].head
+    own_a, own_b = _own_relations(toks, children, a, b), _own_relations(toks, children, b, a)
     if link.kind == "conj":
-        return True
+        return not (own_a and own_b)
     ends = (link.a, link.b)
-    return not any(other is not link and (other.a in ends or other.b in ends) for other in parsed.links)
+    if any(other is not link and (other.a in ends or other.b in ends) for other in parsed.links):
+        return False
+    return not own_a and not own_b
+
+
+def _pure_reordering(parsed: ParsedCaption, a: NounPhrase, b: NounPhrase, link: Link | None) -> bool:
+    """Whether exchanging phrases ``a`` and ``b`` only reorders the caption: the two ends of a
+    symmetric relation (:func:`_only_symmetric`), or two members of one list ("gloves, cell phone
+    and keys", however the parser hung them together) that have no relation of their own each."""
+    if (link is None or link.kind != "conj") and _list_root(parsed.toks, a.head) == _list_root(parsed.toks, b.head) and (
+        _coordinated(parsed.toks, parsed.children, a)
+    ):
+        toks, children = parsed.toks, parsed.children
+        return not (_own_relations(toks, children, a.head, b.head) and _own_relations(toks, children, b.head, a.head))
+    return _only_symmetric(parsed, link)
+
+
+def _own_relations(toks: Toks, children: tuple[tuple[int, ...], ...], head: int, other: int) -> bool:
+    """Whether noun ``head`` has a prepositional phrase that does not lead to noun ``other``."""
+    for c in children[head]:
+        if toks[c].dep != "prep":
+            continue
+        i = other
+        while toks[i].head != i and i != c:
+            i = toks[i].head
+        if i != c:
+            return True
+    return False
 
 
 def _class_reject(sa: Slot, sb: Slot, sem: Semantics, whole_phrases: bool = False) -> str:
@@ -1157,11 +1189,9 @@ def object_swap(parsed: ParsedCaption, res: Resources) -> list[Edit]:
         a_end, b_end = _with_complement(parsed, a), _with_complement(parsed, b)
         whole = _whole(parsed, a, a_end, b) and _whole(parsed, b, b_end, None)
         if whole:
-            # two members of one list ("gloves, cell phone and keys") exchange without changing anything
-            same_list = _list_root(toks, a.head) == _list_root(toks, b.head) and _coordinated(toks, parsed.children, a)
             edits.append(
                 _exchange_phrases(parsed, tables, slots, ia, ib, a_end, b_end, "object_swap", "phrase",
-                                  same_list or _only_symmetric(parsed, link))
+                                  _pure_reordering(parsed, a, b, link))
             )
         if _modified(sa) or _modified(sb):
             continue
