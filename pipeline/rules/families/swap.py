@@ -1,9 +1,11 @@
 """Swap families: the bag of words stays the same, the binding changes.
 
-- ``relation_swap``: exchange the two noun phrases around a preposition or verb.
-- ``attribute_swap``: exchange two modifiers of the same type (colour, size, shape, material, pattern,
-  age, count, state, other) between two noun phrases.
-- ``object_swap``: exchange the two object names, leaving their modifiers in place.
+- ``relation_swap``: exchange the two noun phrases around a preposition or verb, a subject and the
+  possessor of its object, the subjects of two clauses, or two spatial prepositions.
+- ``attribute_swap``: exchange the modifiers of two noun phrases (of one type, or of two types each
+  fitting its new noun); lower ranked, move one or exchange a number with an article.
+- ``object_swap``: exchange two whole noun phrases; lower ranked, the two names alone where neither
+  phrase has a modifier.
 
 Invariants, whatever the parse:
 
@@ -21,6 +23,11 @@ Invariants, whatever the parse:
   (``agreement``), and the verb follows a subject whose number changed;
 - a pronoun that refers to a phrase whose noun changed follows the new noun ("a woman ... her hand"
   -> "a man ... his hand"); one that would point the wrong way is replaced or the edit refused.
+
+- an exchange that only reorders the caption (two conjuncts, the two ends of a symmetric relation
+  when neither has a relation of its own) is flagged ``symmetric_link`` so the filters drop it;
+- a rule's rank within its family is its ``Edit.tier`` (:data:`TIERS`): the exchanges the
+  benchmarks test come first.
 
 Every edit names the dependency pairs it removes and creates, for the plausibility score.
 """
