@@ -139,14 +139,18 @@ class ExampleSample:
 
     def _offer(self, fam: str, caption: str, negs: list[str]) -> None:
         self.seen[fam] += 1
-        item = (caption, negs[self.rng.randrange(len(negs))])
-        pool = self.pool[fam]
-        if len(pool) < self.n:
-            pool.append(item)
-            return
-        j = self.rng.randrange(self.seen[fam])
-        if j < self.n:
-            pool[j] = item
+        reservoir_keep(self.pool[fam], self.n, self.seen[fam], (caption, negs[self.rng.randrange(len(negs))]), self.rng)
+
+
+def reservoir_keep(pool: list[Any], n: int, seen: int, item: Any, rng: random.Random) -> None:
+    """One step of reservoir sampling: ``item`` is the ``seen``-th offered; ``pool`` keeps at most ``n``
+    of them, each offered item with the same chance (one draw from ``rng`` once the pool is full)."""
+    if len(pool) < n:
+        pool.append(item)
+        return
+    j = rng.randrange(seen)
+    if j < n:
+        pool[j] = item
 
 
 class RuleExample(NamedTuple):
@@ -198,13 +202,7 @@ class RuleSample:
         seen[rule] = seen.get(rule, 0) + 1
         e = entries[self.rng.randrange(len(entries))]
         item = RuleExample(caption, e.get("text") or "", e.get("plausibility"))
-        pool = self.pool.setdefault(fam, {}).setdefault(rule, [])
-        if len(pool) < self.n:
-            pool.append(item)
-            return
-        j = self.rng.randrange(seen[rule])
-        if j < self.n:
-            pool[j] = item
+        reservoir_keep(self.pool.setdefault(fam, {}).setdefault(rule, []), self.n, seen[rule], item, self.rng)
 
     def rules(self, family: str) -> list[tuple[str, int, list[RuleExample]]]:
         """``(rule, negatives, examples)`` of a family, most negatives first (ties by name)."""

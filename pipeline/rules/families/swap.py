@@ -377,13 +377,12 @@ def _only_symmetric(parsed: ParsedCaption, link: Link | None) -> bool:
         return False
     toks, children = parsed.toks, parsed.children
     a, b = parsed.phrases[link.a].head, parsed.phrases[link.b].head
-    own_a, own_b = _own_relations(toks, children, a, b), _own_relations(toks, children, b, a)
     if link.kind == "conj":
-        return not (own_a and own_b)
+        return not (_own_relations(toks, children, a, b) and _own_relations(toks, children, b, a))
     ends = (link.a, link.b)
     if any(other is not link and (other.a in ends or other.b in ends) for other in parsed.links):
         return False
-    return not own_a and not own_b
+    return not _own_relations(toks, children, a, b) and not _own_relations(toks, children, b, a)
 
 
 def _pure_reordering(parsed: ParsedCaption, a: NounPhrase, b: NounPhrase, link: Link | None) -> bool:
@@ -709,16 +708,8 @@ def _possessor_exchange(
     if case.text != ending and case.text in ("'s", "'", "’s", "’"):
         reps.append(Replacement(q.end, q.end + 1, ending))
     reps += _subject_agreement(toks, parsed.children, a, sq.plural, sa.plural)
-    old, new = exchange_pairs(parsed.deps, toks, parsed.children, parsed.lemmas, (a.start, a_end), (q.start, q.end))
-    return Edit(
-        family="relation_swap",
-        rule="possessive",
-        replacements=tuple(reps),
-        items=items,
-        cross_class=_cross_class(sa, sq, sem),
-        pairs_old=old,
-        pairs_new=new,
-    )
+    return _exchange_edit(parsed, "relation_swap", "possessive", reps, items, False, _cross_class(sa, sq, sem),
+                          (a.start, a_end), (q.start, q.end), 0)
 
 
 _ANIMATE = frozenset({"person", "animal"})
@@ -876,11 +867,6 @@ def _moved_with(toks: Toks, p: NounPhrase, end: int, reps: list[Replacement]) ->
 
 def _fits_all(words: tuple[str, ...], cls: str | None, sem: Semantics) -> bool:
     return all(sem.fits(w, cls) for w in words)
-
-
-def _units_fit(units: tuple[Unit, ...], cls: str | None, sem: Semantics) -> bool:
-    """Whether every modifier of a phrase can describe a noun of ``cls`` (numbers fit any noun)."""
-    return all(u.type == "count" or _fits_all(u.words, cls, sem) for u in units)
 
 
 #: the usual order of English modifiers before a noun; a moved modifier takes its place in it
