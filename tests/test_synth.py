@@ -319,7 +319,7 @@ def test_meaning_and_swap_agree_with_the_words() -> None:
             assert list(cap.meaning) == _normalised(read_caption(cap.text)), cap.text
             assert list(cap.swap_meaning) == _normalised(read_caption(cap.swap_text)), cap.swap_text
             assert cap.swap_meaning != cap.meaning
-    assert seen_templates == set(TEMPLATES_2) | set(TEMPLATES_3)
+    assert seen_templates == (set(TEMPLATES_2) - {"and"}) | set(TEMPLATES_3)
 
 
 def _scene(a: tuple[str, str], rel: str, b: tuple[str, str]) -> Scene:

@@ -85,6 +85,8 @@ TEMPLATES_2: dict[str, str] = {
     "with_its": "{b} with {a} {its}",
     # only realised with a left/top of b, see _caption_two
     "sides": "{a} {side_a} and {b} {side_b}",
+    # names both objects and no relation (a pretraining world's scenes), either one first
+    "and": "{a} and {b}",
 }
 #: three-object templates: a and c each stand in a relation to the anchor b; {bref} re-names b
 TEMPLATES_3: dict[str, str] = {
@@ -94,6 +96,14 @@ TEMPLATES_3: dict[str, str] = {
     "three_shapes": "three shapes: {a} {rel} {b}, and {c} {rel2} {bref}",
     "with_its3": "{b} with {a} {its} and {c} {its2}",
 }
+#: one-object templates (``single_object_prob``)
+TEMPLATES_1: dict[str, str] = {
+    "one": "{a}",
+    "there_is1": "there is {a}",
+    "image_of1": "an image of {a}",
+}
+#: the templates a world uses unless ``templates`` says otherwise
+DEFAULT_TEMPLATES = [*(t for t in TEMPLATES_2 if t != "and"), *TEMPLATES_3, *TEMPLATES_1]
 SIDE_WORDS = {"h": ("on the left", "on the right"), "v": ("at the top", "at the bottom")}
 
 
@@ -132,6 +142,18 @@ def _heart() -> list[tuple[float, float]]:
     return pts
 
 
+def _arrow() -> list[tuple[float, float]]:
+    """An arrow pointing right: a shaft and a head."""
+    return [(-0.5, -0.14), (0.05, -0.14), (0.05, -0.42), (0.5, 0.0), (0.05, 0.42), (0.05, 0.14), (-0.5, 0.14)]
+
+
+def _crescent() -> list[tuple[float, float]]:
+    """A crescent opening to the right: the outer arc of a circle, back along an offset inner arc."""
+    outer = [(math.cos(math.radians(a)), math.sin(math.radians(a))) for a in range(60, 301, 10)]
+    inner = [(0.55 + 0.85 * math.cos(math.radians(a)), 0.85 * math.sin(math.radians(a))) for a in range(260, 99, -10)]
+    return outer + [p for p in inner if (p[0] ** 2 + p[1] ** 2) < 1.0]
+
+
 def _cross() -> list[tuple[float, float]]:
     t = 0.18  # half the arm thickness
     return [
@@ -140,9 +162,12 @@ def _cross() -> list[tuple[float, float]]:
     ]
 
 
-#: every shape as a polygon inside the unit box (None = drawn as an ellipse); all contain the centre
+#: every shape as a polygon inside the unit box; the names in :data:`ROUND_SHAPES` are drawn as
+#: ellipses instead. All but the ring and the crescent cover the centre of their box.
 SHAPE_POLYGONS: dict[str, list[tuple[float, float]] | None] = {
     "circle": None,
+    "oval": None,
+    "ring": None,
     "square": [(-0.43, -0.43), (0.43, -0.43), (0.43, 0.43), (-0.43, 0.43)],
     "triangle": _unit_polygon([(0.0, -0.866), (1.0, 0.866), (-1.0, 0.866)]),
     "star": _unit_polygon(_star()),
@@ -151,7 +176,11 @@ SHAPE_POLYGONS: dict[str, list[tuple[float, float]] | None] = {
     "heart": _unit_polygon(_heart()),
     "pentagon": _unit_polygon(_regular(5)),
     "hexagon": _unit_polygon(_regular(6)),
+    "arrow": _arrow(),
+    "crescent": _unit_polygon(_crescent()),
 }
+#: shapes drawn as ellipses: (height as a fraction of the box, inner hole as a fraction of the box)
+ROUND_SHAPES: dict[str, tuple[float, float]] = {"circle": (1.0, 0.0), "oval": (0.6, 0.0), "ring": (1.0, 0.5)}
 
 
 @dataclass
@@ -175,7 +204,7 @@ class SynthConfig:
     )
     sizes: list[str] = field(default_factory=lambda: ["small", "large"])
     relations: list[str] = field(default_factory=lambda: list(RELATIONS))
-    templates: list[str] = field(default_factory=lambda: [*TEMPLATES_2, *TEMPLATES_3])
+    templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
     #: fraction of (colour, shape) pairs seen only in test; every test image holds at least one
     heldout_fraction: float = 0.125
     captions_per_image: int = 2
@@ -201,6 +230,15 @@ class SynthConfig:
     #: recognition sets: single-object images per colour and per shape (ImageFolder layout under
     #: <out>/recognition/, with prompt templates from the world's own words); 0 = none
     recognition_per_class: int = 0
+    #: share of images that hold one object (captioned with a ``TEMPLATES_1`` template): a broad
+    #: pretraining world names objects alone, as a web corpus does; 0 draws nothing extra
+    single_object_prob: float = 0.0
+    #: chance that a one-object caption names the colour ("a red star"); otherwise the shape alone
+    #: ("a star"), so telling such captions apart takes the shape
+    colour_mention_prob: float = 1.0
+    #: a world.json whose held-out (colour, shape) pairs this world never draws, in either split:
+    #: a pretraining world that keeps the fine-tuning world's test pairs unseen
+    exclude_pairs_from: str | None = None
 
     def validate(self) -> None:
         if self.image_size < 32:
@@ -215,7 +253,7 @@ class SynthConfig:
         _check_known("colours", self.colours, PALETTE)
         _check_known("sizes", self.sizes, SIZE_FRACTIONS)
         _check_known("relations", self.relations, RELATIONS)
-        _check_known("templates", self.templates, {**TEMPLATES_2, **TEMPLATES_3})
+        _check_known("templates", self.templates, {**TEMPLATES_2, **TEMPLATES_3, **TEMPLATES_1})
         if self.background not in PALETTE:
             raise ConfigError(f"unknown background {self.background!r}; known: {sorted(PALETTE)}")
         if self.background in self.colours:
@@ -235,8 +273,6 @@ class SynthConfig:
             raise ConfigError(
                 f"relation_phrases needs a non-empty list of phrases for every relation; missing {missing}"
             )
-        if not any(t in TEMPLATES_2 for t in self.templates):
-            raise ConfigError(f"templates must include a two-object template: {sorted(TEMPLATES_2)}")
         if most == 3:
             if not (set(self.relations) & set(HORIZONTAL) and set(self.relations) & set(VERTICAL)):
                 raise ConfigError("three-object scenes need a horizontal and a vertical relation")
@@ -252,6 +288,13 @@ class SynthConfig:
             raise ConfigError(f"collision_batch_size must be >= 2, got {self.collision_batch_size}")
         if self.recognition_per_class < 0:
             raise ConfigError(f"recognition_per_class must be >= 0, got {self.recognition_per_class}")
+        for name in ("single_object_prob", "colour_mention_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        if self.single_object_prob > 0 and not any(t in TEMPLATES_1 for t in self.templates):
+            raise ConfigError(f"single_object_prob > 0 needs a one-object template: {sorted(TEMPLATES_1)}")
+        if self.single_object_prob < 1 and not any(t in TEMPLATES_2 for t in self.templates):
+            raise ConfigError(f"templates must include a two-object template: {sorted(TEMPLATES_2)}")
 
     def max_objects(self) -> int:
         return 3 if self.objects_per_image == 3 or self.third_object_prob > 0 else 2
@@ -346,6 +389,18 @@ def heldout_pairs(cfg: SynthConfig) -> list[tuple[str, str]]:
             chosen.append((c, s))
             shape_load[s] += 1
     return sorted(chosen)
+
+
+def excluded_pairs(cfg: SynthConfig) -> set[tuple[str, str]]:
+    """The held-out pairs of the world.json named by ``exclude_pairs_from`` (none when unset)."""
+    if not cfg.exclude_pairs_from:
+        return set()
+    path = Path(cfg.exclude_pairs_from)
+    try:
+        pairs = json.loads(path.read_text(encoding="utf-8"))["heldout_pairs"]
+        return {(str(c), str(s)) for c, s in pairs}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"exclude_pairs_from: cannot read held-out pairs from {path}: {e}") from e
 
 
 def _pick_pairs(
@@ -454,11 +509,20 @@ def sample_scene(
     ``banned_cross``: (colour, shape) pairs that swapping two objects' colours or shapes must not
     produce (see ``SynthConfig.swap_safe_train``).
     """
-    if cfg.objects_per_image == 3:
+    if cfg.single_object_prob > 0 and rng.random() < cfg.single_object_prob:
+        n = 1
+    elif cfg.objects_per_image == 3:
         n = 3
     else:
         n = 3 if cfg.third_object_prob > 0 and rng.random() < cfg.third_object_prob else 2
     pairs = _pick_pairs(rng, n, pool, rng.choice(forced) if forced else None, banned_cross)
+    if n == 1:
+        size = rng.choice(cfg.sizes)
+        e = max(5, round(SIZE_FRACTIONS[size] * cfg.image_size))
+        margin = max(1, round(0.03 * cfg.image_size))
+        lo, hi = margin + e // 2, cfg.image_size - margin - (e - e // 2)
+        obj = Obj(shape=pairs[0][1], colour=pairs[0][0], size=size, x=rng.randint(lo, hi), y=rng.randint(lo, hi), extent=e)
+        return Scene((obj,), ())
     if n == 2:
         triples = [Triple(0, rng.choice(cfg.relations), 1)]
     else:
@@ -492,7 +556,12 @@ def render(scene: Scene, cfg: SynthConfig) -> bytes:
         x0, x1, y0, y1 = _box((o.x, o.y), o.extent)
         poly = SHAPE_POLYGONS[o.shape]
         if poly is None:
-            draw.ellipse([x0, y0, x1 - 1, y1 - 1], fill=fill)
+            height, hole = ROUND_SHAPES[o.shape]
+            inset = round((y1 - y0) * (1 - height) / 2)
+            draw.ellipse([x0, y0 + inset, x1 - 1, y1 - 1 - inset], fill=fill)
+            if hole:
+                cut = round((x1 - x0) * (1 - hole) / 2)
+                draw.ellipse([x0 + cut, y0 + cut, x1 - 1 - cut, y1 - 1 - cut], fill=PALETTE[cfg.background])
         else:
             # map the unit box onto the pixel box [x0, x1 - 1] x [y0, y1 - 1]
             sx, sy = (x1 - 1 - x0), (y1 - 1 - y0)
@@ -588,20 +657,50 @@ def _caption_three(rng: random.Random, scene: Scene, cfg: SynthConfig, template:
     )
 
 
+#: the meaning of a caption that states no relation: it matches no relation swap
+_NO_RELATION: tuple[Desc, str, Desc] = ((None, "", ""), "none", (None, "", ""))
+
+
+def _caption_one(rng: random.Random, scene: Scene, cfg: SynthConfig, template: str) -> Caption:
+    o = scene.objects[0]
+    words = ([o.size] if rng.random() < cfg.size_mention_prob else [])
+    words += [o.colour] if rng.random() < cfg.colour_mention_prob else []
+    words.append(o.shape)
+    text = TEMPLATES_1[template].format(a=f"{article(words[0])} {' '.join(words)}")
+    return Caption(text=text, template=template, swap_text="", meaning=(), swap_meaning=(("none",),),
+                   swap_fact=_NO_RELATION)
+
+
+def _caption_and(rng: random.Random, scene: Scene, cfg: SynthConfig) -> Caption:
+    sized = rng.random() < cfg.size_mention_prob
+    a, b = (0, 1) if rng.random() < 0.5 else (1, 0)
+    objs = scene.objects
+    text = TEMPLATES_2["and"].format(a=_np(objs[a], sized), b=_np(objs[b], sized))
+    meaning = (tuple(sorted((repr(_desc(objs[0], sized)), repr(_desc(objs[1], sized))))),)
+    return Caption(text=text, template="and", swap_text="", meaning=meaning, swap_meaning=(("none",),),
+                   swap_fact=_NO_RELATION)
+
+
 def make_captions(rng: random.Random, scene: Scene, cfg: SynthConfig) -> list[Caption]:
-    """``captions_per_image`` different true captions; template and word order drawn at random."""
-    table = TEMPLATES_2 if len(scene.objects) == 2 else TEMPLATES_3
+    """``captions_per_image`` different true captions; template and word order drawn at random.
+
+    A one-object scene with fewer possible wordings than ``captions_per_image`` gets them all.
+    """
+    table = {1: TEMPLATES_1, 2: TEMPLATES_2}.get(len(scene.objects), TEMPLATES_3)
     names = [t for t in cfg.templates if t in table]
-    make = _caption_two if len(scene.objects) == 2 else _caption_three
+    make = {1: _caption_one, 2: _caption_two}.get(len(scene.objects), _caption_three)
     out: list[Caption] = []
     seen: set[str] = set()
     for _ in range(100 * cfg.captions_per_image):
-        cap = make(rng, scene, cfg, rng.choice(names))
+        name = rng.choice(names)
+        cap = _caption_and(rng, scene, cfg) if name == "and" else make(rng, scene, cfg, name)
         if cap.text not in seen:
             seen.add(cap.text)
             out.append(cap)
             if len(out) == cfg.captions_per_image:
                 return out
+    if len(scene.objects) == 1 and out:
+        return out
     raise ConfigError(
         f"cannot write {cfg.captions_per_image} different captions with templates {names}; "
         "lower captions_per_image or allow more templates"
@@ -701,7 +800,7 @@ def _generate_split(
             cols["template"].append(cap.template)
             cols["objects"].append(objects)
             cols["relations"].append(relations)
-            cols["relation"].append(scene.triples[0].predicate)
+            cols["relation"].append(scene.triples[0].predicate if scene.triples else None)
             cols["heldout"].append(has_heldout)
             captions.append(cap)
             groups.append(group)
@@ -766,7 +865,8 @@ def generate_world(cfg: SynthConfig, out_dir: str | Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     held = heldout_pairs(cfg)
     held_set = set(held)
-    all_pairs = [(c, s) for c in cfg.colours for s in cfg.shapes]
+    excluded = excluded_pairs(cfg)
+    all_pairs = [(c, s) for c in cfg.colours for s in cfg.shapes if (c, s) not in excluded]
     train_pool = [p for p in all_pairs if p not in held_set]
     meta = {"seed": cfg.seed, "config_hash": config_hash(to_dict(cfg))}
     sch = world_schema(meta)
@@ -782,6 +882,7 @@ def generate_world(cfg: SynthConfig, out_dir: str | Path) -> dict[str, Any]:
             "templates": list(cfg.templates),
         },
         "heldout_pairs": [list(p) for p in held],
+        "excluded_pairs": [list(p) for p in sorted(excluded)],
         "splits": {},
         "files": {},
     }
