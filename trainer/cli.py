@@ -67,7 +67,7 @@ def eval_config_from_args(args: argparse.Namespace) -> EvalConfig:
         "aro_attribution": args.aro_attribution, "aro_image_root": args.aro_image_root,
         "coco_karpathy": args.coco, "coco_image_root": args.coco_image_root, "limit": args.limit,
         "batch_size": args.batch_size, "workers": args.workers, "out": args.out,
-        "zeroshot": _zeroshot_flags(args),
+        "zeroshot": _zeroshot_flags(args), "suite": args.suite,
     }
     if args.no_progress:
         flags["progress"] = False
@@ -167,6 +167,8 @@ def _register_train_eval(sub: argparse._SubParsersAction) -> None:
                    help="class names of a zero-shot set: a file (one per line) or 'imagenet'")
     g.add_argument("--zeroshot-templates", action="append", metavar="NAME=FILE",
                    help="prompt templates of a zero-shot set: a file ('{}' = class) or 'openai' / 'simple'")
+    g.add_argument("--suite", metavar="FILE", help="evaluation suite YAML (benchmark name -> format, files, "
+                   "image_root): every score in the metrics JSON, plus <out stem>.md and .csv tables")
     g.add_argument("--limit", type=int, help="at most this many items per benchmark")
     g.add_argument("--batch-size", type=int)
     g.add_argument("--workers", type=int)
@@ -255,6 +257,14 @@ def _compare_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare_suite(args: argparse.Namespace) -> int:
+    from trainer.suite import join_suites
+
+    joined = join_suites(_pairs(args.model, "--model"), args.out)
+    log.info("joined %d models into %s/suite.md", len(joined["models"]), args.out)
+    return 0
+
+
 def _register_compare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "compare",
@@ -278,6 +288,17 @@ def _register_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--world", help="world.json of hardneg synth, to describe the data")
     p.add_argument("--out", "-o", required=True, help="output folder for report.md and the PNGs")
     p.set_defaults(func=_compare_report)
+
+    p = sub.add_parser(
+        "compare-suite",
+        help="join several models' suite results (hardneg eval --suite) into one table, a row per model",
+        description="Write <out>/suite.md, suite.csv and suite.json: one row per --model, one column per "
+        "benchmark metric, and the compositional and recognition means.",
+    )
+    p.add_argument("--model", action="append", required=True, metavar="NAME=METRICS_JSON",
+                   help="a model's hardneg eval --suite metrics JSON (repeatable; rows keep this order)")
+    p.add_argument("--out", "-o", required=True, help="output folder")
+    p.set_defaults(func=_compare_suite)
 
 
 # --------------------------------------------------------------------------- wise-ft

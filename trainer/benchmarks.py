@@ -1,0 +1,287 @@
+"""The benchmark formats of ``hardneg eval``: one reader per format, each reading the benchmark's own
+published files, and a registry (:data:`FORMATS`) that says what each format's items are, which
+fields a record must have, how it is scored and whether it counts as compositional or recognition.
+
+Formats (``FORMATS[name].fields`` lists the fields a record must have):
+
+``sugarcrepe``
+    SugarCrepe's category JSON (``swap_att.json``...): ``{"0": {filename, caption, negative_caption}}``
+    or a list of such records; images are COCO val2017 file names. Pairwise accuracy per file.
+``sugarcrepe_pp``
+    SugarCrepe++ (``replace_att.json``...): records ``{filename, caption, caption2, negative_caption}``
+    (two positives, one negative). Image-to-text (ITT): the image scores both positives above the
+    negative; text-only (TOT): the positives are nearer each other than either is to the negative.
+``aro_relation``, ``aro_attribution``
+    ARO's ``visual_genome_relation.json`` / ``visual_genome_attribution.json``: records
+    ``{image_path, bbox_x, bbox_y, bbox_w, bbox_h, true_caption, false_caption}`` with
+    ``relation_name`` / ``attributes``; the image is cropped to the box first.
+``valse``
+    A VALSE piece (``existence.json``, ``relations.json``...): ``{"<id>": {image_file, caption, foil,
+    mturk: {caption, foil, other}}}``. Only items its validation marks valid are scored (at least two
+    of the three annotators chose the caption, ``mturk.caption >= 2``); the rest are counted as
+    ``not_valid``. Pairwise accuracy (caption above foil) per piece.
+``winoground``
+    Winoground's ``examples.jsonl``: records ``{id, image_0, image_1, caption_0, caption_1, tag,
+    collapsed_tag}``; images are ``<image_root>/<image_N>.png``. Text, image and group scores.
+``retrieval``
+    A Karpathy split JSON (``dataset_coco.json``, ``dataset_flickr30k.json``: its ``test`` split) or
+    the BLIP-style list ``[{image, caption: [...]}]``. Image->text and text->image R@1/5/10.
+``zeroshot``
+    An ImageFolder directory or an ``image,label`` CSV (``trainer/zeroshot.py``). Top-1/top-5.
+
+Every reader raises :class:`SourceError` naming the file and the item for a malformed record, and
+returns the items it keeps with a count of the ones it leaves out by reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.core.errors import ConfigError, SourceError
+
+COMPOSITIONAL = "compositional"
+RECOGNITION = "recognition"
+
+
+@dataclass(frozen=True)
+class PairItem:
+    """One image with a positive and a negative caption; ``group`` names the family/category."""
+
+    image: dict[str, Any]
+    positive: str
+    negative: str
+    group: str
+    crop: tuple[float, float, float, float] | None = None
+
+
+@dataclass(frozen=True)
+class TripletItem:
+    """SugarCrepe++: one image, two captions that describe it, one that does not."""
+
+    image: dict[str, Any]
+    positive: str
+    positive2: str
+    negative: str
+    group: str
+
+
+@dataclass(frozen=True)
+class WinogroundItem:
+    """Two images and two captions with the same words; caption ``i`` describes image ``i``."""
+
+    images: tuple[dict[str, Any], dict[str, Any]]
+    captions: tuple[str, str]
+    group: str
+
+
+@dataclass(frozen=True)
+class RetrievalSet:
+    """Images, their captions and each caption's image index."""
+
+    images: list[str]
+    captions: list[str]
+    owner: list[int]
+
+
+@dataclass
+class Loaded:
+    """What a reader keeps (``items``: a list of items, or one :class:`RetrievalSet`) and what it
+    leaves out, by reason."""
+
+    items: Any
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+def read_json(path: str | Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SourceError(f"cannot read {path}: {e}") from e
+
+
+def _records(path: str | Path, data: Any) -> list[tuple[str, Any]]:
+    """``(item name, record)`` of a JSON object of records or a list of them."""
+    if isinstance(data, dict):
+        return [(repr(k), v) for k, v in data.items()]
+    if isinstance(data, list):
+        return [(str(i), v) for i, v in enumerate(data)]
+    raise SourceError(f"{path}: expected a JSON list or object of records, found {type(data).__name__}")
+
+
+def _text(rec: Any, key: str, path: str | Path, item: str) -> str:
+    if not isinstance(rec, dict):
+        raise SourceError(f"{path} item {item}: expected an object, found {type(rec).__name__}")
+    v = rec.get(key)
+    if not isinstance(v, str) or not v.strip():
+        raise SourceError(f"{path} item {item}: missing or empty field {key!r}; keys found: {sorted(rec)}")
+    return v
+
+
+# --------------------------------------------------------------------------------------------- readers
+
+
+def load_sugarcrepe(path: str | Path, limit: int | None = None) -> list[PairItem]:
+    items = []
+    for item, e in _records(path, read_json(path))[:limit]:
+        f, c, n = (_text(e, k, path, item) for k in FORMATS["sugarcrepe"].fields)
+        items.append(PairItem({"path": f}, c, n, Path(path).stem))
+    return items
+
+
+def load_sugarcrepe_pp(path: str | Path, limit: int | None = None) -> list[TripletItem]:
+    items = []
+    for item, e in _records(path, read_json(path))[:limit]:
+        f, c, c2, n = (_text(e, k, path, item) for k in FORMATS["sugarcrepe_pp"].fields)
+        items.append(TripletItem({"path": f}, c, c2, n, Path(path).stem))
+    return items
+
+
+def load_aro(path: str | Path, kind: str, limit: int | None = None) -> list[PairItem]:
+    """ARO VG-Relation (``kind='relation'``) or VG-Attribution (``kind='attribution'``)."""
+    data = read_json(path)
+    if not isinstance(data, list):
+        raise SourceError(f"{path}: expected a JSON list of ARO items")
+    items = []
+    for i, e in enumerate(data[:limit] if limit else data):
+        try:
+            x, y, w, h = (float(e[k]) for k in ("bbox_x", "bbox_y", "bbox_w", "bbox_h"))
+            group = e["relation_name"] if kind == "relation" else "_".join(e["attributes"])
+            items.append(PairItem({"path": e["image_path"]}, e["true_caption"], e["false_caption"], group,
+                                  (x, y, x + w, y + h)))
+        except (KeyError, TypeError, ValueError) as err:
+            raise SourceError(f"{path} item {i}: missing or bad ARO field ({err})") from err
+    return items
+
+
+def load_valse(path: str | Path, limit: int | None = None) -> Loaded:
+    """A VALSE piece's valid items (``mturk.caption >= 2``); the others are counted as ``not_valid``."""
+    items: list[PairItem] = []
+    skipped: Counter = Counter()
+    for item, e in _records(path, read_json(path))[:limit]:
+        f, c, n = (_text(e, k, path, item) for k in ("image_file", "caption", "foil"))
+        votes = e.get("mturk")
+        if not isinstance(votes, dict) or not isinstance(votes.get("caption"), int):
+            raise SourceError(f"{path} item {item}: no annotator votes (mturk.caption), so its validity is unknown")
+        if votes["caption"] < 2:
+            skipped["not_valid"] += 1
+            continue
+        items.append(PairItem({"path": f}, c, n, Path(path).stem))
+    return Loaded(items, dict(skipped))
+
+
+def load_winoground(path: str | Path, limit: int | None = None) -> list[WinogroundItem]:
+    """Winoground's ``examples.jsonl``; image ``x`` is the file ``x.png`` under the image root."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SourceError(f"cannot read {path}: {e}") from e
+    items = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if limit is not None and len(items) >= limit:
+            break
+        try:
+            e = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise SourceError(f"{path}:{n}: not valid JSON ({err})") from err
+        item = f"{e.get('id', n)} (line {n})" if isinstance(e, dict) else f"line {n}"
+        i0, i1, c0, c1 = (_text(e, k, path, item) for k in FORMATS["winoground"].fields)
+        group = e.get("collapsed_tag") or e.get("tag") or "all"
+        items.append(WinogroundItem(({"path": f"{i0}.png"}, {"path": f"{i1}.png"}), (c0, c1), str(group)))
+    return items
+
+
+def load_karpathy(path: str | Path, limit: int | None = None) -> tuple[list[str], list[str], list[int]]:
+    """``(image paths, captions, caption -> image index)`` of the test split."""
+    data = read_json(path)
+    images: list[str] = []
+    captions: list[str] = []
+    owner: list[int] = []
+    try:
+        if isinstance(data, dict) and "images" in data:
+            entries = [
+                (os.path.join(e.get("filepath", ""), e["filename"]), [s["raw"] for s in e["sentences"]])
+                for e in data["images"]
+                if e.get("split") == "test"
+            ]
+        elif isinstance(data, list):
+            entries = [(e["image"], e["caption"] if isinstance(e["caption"], list) else [e["caption"]]) for e in data]
+        else:
+            raise SourceError(f"{path}: neither a Karpathy dataset_coco.json nor a list of {{image, caption}}")
+    except (KeyError, TypeError) as err:
+        raise SourceError(f"{path}: missing or bad Karpathy field ({err!r})") from err
+    for img, caps in entries[:limit] if limit else entries:
+        images.append(img)
+        for c in caps:
+            captions.append(c)
+            owner.append(len(images) - 1)
+    return images, captions, owner
+
+
+# --------------------------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class Format:
+    """A benchmark format: its reader, the fields its records need, how it is scored (``kind``:
+    ``pairs``, ``triplets``, ``winoground``, ``retrieval``, ``zeroshot``), whether it counts as
+    compositional or recognition, and the metric that stands for it in a table (``headline``)."""
+
+    read: Callable[[str, int | None], Loaded] | None
+    kind: str
+    fields: tuple[str, ...]
+    counts_as: str
+    headline: str
+    #: the metrics shown as table columns, ``(column suffix, metric key)``
+    columns: tuple[tuple[str, str], ...]
+
+
+def _loaded(fn: Callable[..., Any]) -> Callable[[str, int | None], Loaded]:
+    def read(path: str, limit: int | None = None) -> Loaded:
+        out = fn(path, limit)
+        return out if isinstance(out, Loaded) else Loaded(out)
+    return read
+
+
+def _aro(kind: str) -> Callable[[str, int | None], Loaded]:
+    return lambda path, limit=None: Loaded(load_aro(path, kind, limit))
+
+
+def _retrieval(path: str, limit: int | None = None) -> Loaded:
+    return Loaded(RetrievalSet(*load_karpathy(path, limit)))
+
+
+_PAIR_COLUMNS = (("", "accuracy"),)
+_ARO_FIELDS = ("image_path", "bbox_x", "bbox_y", "bbox_w", "bbox_h", "true_caption", "false_caption")
+
+FORMATS: dict[str, Format] = {
+    "sugarcrepe": Format(_loaded(load_sugarcrepe), "pairs", ("filename", "caption", "negative_caption"),
+                         COMPOSITIONAL, "accuracy", _PAIR_COLUMNS),
+    "sugarcrepe_pp": Format(_loaded(load_sugarcrepe_pp), "triplets",
+                            ("filename", "caption", "caption2", "negative_caption"), COMPOSITIONAL, "itt",
+                            (("_itt", "itt"), ("_tot", "tot"))),
+    "aro_relation": Format(_aro("relation"), "pairs", (*_ARO_FIELDS, "relation_name"), COMPOSITIONAL,
+                           "macro_accuracy", (("", "macro_accuracy"),)),
+    "aro_attribution": Format(_aro("attribution"), "pairs", (*_ARO_FIELDS, "attributes"), COMPOSITIONAL,
+                              "macro_accuracy", (("", "macro_accuracy"),)),
+    "valse": Format(_loaded(load_valse), "pairs", ("image_file", "caption", "foil", "mturk"), COMPOSITIONAL,
+                    "accuracy", _PAIR_COLUMNS),
+    "winoground": Format(_loaded(load_winoground), "winoground", ("image_0", "image_1", "caption_0", "caption_1"),
+                         COMPOSITIONAL, "group", (("_text", "text"), ("_image", "image"), ("_group", "group"))),
+    "retrieval": Format(_retrieval, "retrieval", ("filename", "sentences"), RECOGNITION, "mean_R@1",
+                        (("_i2t_R@1", "image_to_text_R@1"), ("_t2i_R@1", "text_to_image_R@1"))),
+    "zeroshot": Format(None, "zeroshot", (), RECOGNITION, "top1", (("_top1", "top1"),)),
+}
+
+
+def get_format(name: str, where: str) -> Format:
+    if name not in FORMATS:
+        raise ConfigError(f"{where}: unknown benchmark format {name!r}; known: {sorted(FORMATS)}")
+    return FORMATS[name]
