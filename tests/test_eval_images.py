@@ -112,3 +112,50 @@ def test_generate_drops_and_counts_exactly_the_captions_of_evaluation_images(tmp
                                     manifest_dir=str(tmp_path / "m")))
     assert plain.rows == 7 and plain.skipped == {}
     assert "exclude_images" not in json.loads((tmp_path / "plain" / "manifest.json").read_text())["config"]["source"]
+
+
+def test_train_warns_about_shared_images_and_refuses_when_strict(tmp_path, caplog):
+    import logging
+
+    from PIL import Image
+
+    from trainer.data import ShardIndex
+    from trainer.overlap import check_eval_overlap, find_overlap
+
+    ids = {139: "a black dog sleeps on a red sofa", 7: "a red car parked next to a white house",
+           8: "a small cat sits on a wooden table"}
+    coco = {"images": [{"id": i, "file_name": f"COCO_train2014_{i:012d}.jpg"} for i in ids],
+            "annotations": [{"id": i, "image_id": i, "caption": c} for i, c in ids.items()]}
+    src = tmp_path / "captions_train2014.json"
+    src.write_text(json.dumps(coco))
+    out = tmp_path / "data"
+    generate(GenerateConfig(name="t", source=SourceConfig(path=str(src)), out=str(out), manifest_dir=str(tmp_path / "m"),
+                            families=["attribute_swap", "object_replace"]))
+    root = tmp_path / "coco" / "train2014"
+    root.mkdir(parents=True)
+    for i in ids:
+        Image.new("RGB", (16, 16), (200, 30, 30)).save(root / f"COCO_train2014_{i:012d}.jpg", format="PNG")
+    sc = _sugarcrepe(tmp_path / "swap_att.json", ["000000000139.jpg", "000000000285.jpg"])
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(f"benchmarks:\n  sugarcrepe: {{format: sugarcrepe, files: [{sc}], image_root: x}}\n")
+
+    found = find_overlap(ShardIndex.from_paths([str(out)], "train"), [str(suite)])
+    assert (found.rows, found.images, found.examples) == (1, {"coco:139"}, ["train2014/COCO_train2014_000000000139.jpg"])
+    assert find_overlap(ShardIndex.from_paths([str(out)], "train"),
+                        [str(_sugarcrepe(tmp_path / "other.json", ["000000000285.jpg"]))]).rows == 0
+    with caplog.at_level(logging.WARNING, logger="trainer.overlap"):
+        check_eval_overlap(ShardIndex.from_paths([str(out)], "train"), [str(sc)], False, "the dataset")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"the dataset: 1 training rows (1 images) show images of the evaluation sets {[str(sc)]}, e.g. "
+        "train2014/COCO_train2014_000000000139.jpg; regenerate the dataset with hardneg generate --exclude-images "
+        "<those files> (source.exclude_images) to leave them out"]
+    caplog.clear()
+
+    argv = ["-q", "train", "--data", str(out), "--image-root", str(tmp_path / "coco"), "--model", "hardneg-tiny",
+            "--pretrained", "none", "--precision", "fp32", "--batch-size", "2", "--max-steps", "1", "--workers", "0",
+            "--no-progress", "-o", str(tmp_path / "run"), "--eval-sets", str(sc), "--strict-eval-overlap"]
+    with caplog.at_level(logging.ERROR, logger="hardneg"):
+        assert main(argv) == 1
+    assert "1 training rows (1 images) show images of the evaluation sets" in caplog.text
+    assert "data.strict_eval_overlap is set, so training does not start" in caplog.text
+    assert not (tmp_path / "run" / "final").exists()

@@ -49,7 +49,8 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         "data.families": args.families, "data.batch_size": args.batch_size, "data.workers": args.workers,
         "optim.epochs": args.epochs, "optim.max_steps": args.max_steps, "optim.lr": args.lr,
         "output_dir": args.output_dir, "seed": args.seed, "checkpoint_every": args.checkpoint_every,
-        "resume": args.resume,
+        "resume": args.resume, "data.eval_sets": args.eval_sets,
+        "data.strict_eval_overlap": True if args.strict_eval_overlap else None,
     }
     if args.objective:
         flags.update(OBJECTIVES[args.objective])
@@ -129,6 +130,10 @@ def _register_train_eval(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--families", type=_csv, help="comma-separated hard-negative families")
     g.add_argument("--batch-size", type=int, help="per-rank batch size")
     g.add_argument("--workers", type=int, help="data-loader worker processes")
+    g.add_argument("--eval-sets", nargs="+", metavar="FILE",
+                   help="evaluation files or suite YAMLs: warn when training images are among theirs (data.eval_sets)")
+    g.add_argument("--strict-eval-overlap", action="store_true",
+                   help="refuse to train when they share images (data.strict_eval_overlap)")
     g = p.add_argument_group("run")
     g.add_argument("--objective", choices=sorted(OBJECTIVES), help="loss preset (default: ce-clip)")
     g.add_argument("--epochs", type=int)

@@ -72,8 +72,15 @@ class DataConfig:
     #: share of the dataset's rows whose image may be missing or unreadable in an epoch (they are left
     #: out and counted); one more stops the run. Before training, the images of the first rows must open.
     max_missing_fraction: float = 0.01
+    #: evaluation files (SugarCrepe/ARO/VALSE JSON, Winoground jsonl, a Karpathy split JSON, a list of
+    #: names or COCO ids) or suite YAMLs: training rows showing their images are a warning before training
+    eval_sets: list[str] = field(default_factory=list)
+    #: refuse to train when a training row shows an image of ``eval_sets``
+    strict_eval_overlap: bool = False
 
     def validate(self) -> None:
+        if self.strict_eval_overlap and not self.eval_sets:
+            raise ConfigError("data.strict_eval_overlap needs data.eval_sets (the evaluation files to compare with)")
         if not self.paths:
             raise ConfigError("data.paths is required: shard files, globs or a dataset directory")
         unknown = [f for f in self.families if f not in ALL_FAMILIES]
