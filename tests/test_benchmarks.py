@@ -170,6 +170,10 @@ def test_valse_keeps_only_validated_items(bench):
     assert (got["accuracy"], got["pairs"], got["skipped_pairs"]) == (pytest.approx(2 / 3), 3, 0)
     assert got["items_read"] == 5 and got["left_out"] == {"not_valid": 2}
     assert res["accuracy"] == pytest.approx(2 / 3)
+    # a piece's own image folder wins over the benchmark's
+    spec = BenchmarkSpec(format="valse", files=[str(d / "existence.json")], image_root=str(d / "nowhere"),
+                         image_roots={"existence": str(bench["coco"])})
+    assert run_benchmark(_encoder(), "valse", spec, None, _judge_log()[0])["accuracy"] == pytest.approx(2 / 3)
 
 
 def test_winoground_text_image_and_group_scores(bench):
@@ -302,3 +306,29 @@ def test_suite_file_errors_name_the_key(tmp_path, bench):
     with pytest.raises(ConfigError, match=r"unknown config key\(s\) \[.*benchmarks\.valse\.image_dir'\]"):
         load_suite(bad)
     assert main(["-q", "compare-suite", "--model", f"a={bad}", "--out", str(tmp_path / "o")]) == 1
+
+
+def test_the_coco_recipe_excludes_the_suite_images_and_runs_the_suite():
+    import yaml
+
+    from pipeline.config import GenerateConfig
+    from pipeline.core.config import from_dict
+    from trainer.config import EvalConfig, TrainConfig
+
+    root = Path(__file__).resolve().parents[1]
+    p = yaml.safe_load((root / "params_coco.yaml").read_text(encoding="utf-8"))
+    suite = load_suite(root / "params_coco.yaml")
+    assert {n: s.format for n, s in suite.items()} == {
+        "sugarcrepe": "sugarcrepe", "sugarcrepe_pp": "sugarcrepe_pp", "aro_vg_relation": "aro_relation",
+        "aro_vg_attribution": "aro_attribution", "valse": "valse", "winoground": "winoground",
+        "coco_retrieval": "retrieval", "flickr_retrieval": "retrieval", "imagenet": "zeroshot"}
+    ev = from_dict(EvalConfig, p["eval_suite"])
+    ev.validate()
+    assert ev.suite == "params_coco.yaml"
+    tr = from_dict(TrainConfig, p["train"])
+    tr.validate()
+    assert tr.data.eval_sets == ["params_coco.yaml"] and tr.data.strict_eval_overlap
+    gen = from_dict(GenerateConfig, p["negatives"])
+    # every COCO-image benchmark file of the suite is excluded from the training captions
+    coco_files = suite["sugarcrepe"].files + suite["sugarcrepe_pp"].files + ["/path/to/valse/data/foil-it.json"]
+    assert gen.source.exclude_images == coco_files

@@ -229,6 +229,8 @@ class BenchmarkSpec:
     files: list[str] = field(default_factory=list)
     #: the folder the files' image paths resolve against
     image_root: str | None = None
+    #: a file's own image folder, by file name without suffix (VALSE's pieces come from several datasets)
+    image_roots: dict[str, str] = field(default_factory=dict)
     #: zeroshot only: class names and prompt templates (as ``ZeroShotSpec``)
     classnames: str | None = None
     templates: str | None = None

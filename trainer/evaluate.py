@@ -426,6 +426,7 @@ def run_benchmark(enc: Encoder, name: str, spec: Any, limit: int | None, judge: 
     for path in spec.files:
         loaded = fmt.read(path, limit)
         stem = Path(path).stem
+        root = spec.image_roots.get(stem, spec.image_root)
         res = score(enc, loaded.items, root, f"{name}:{stem}")
         res["items_read"] = len(loaded.items) + sum(loaded.skipped.values())
         res["left_out"] = dict(loaded.skipped)

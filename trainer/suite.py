@@ -72,6 +72,9 @@ def load_suite(path: str | Path) -> dict[str, BenchmarkSpec]:
         stems = [Path(f).stem for f in spec.files]
         if len(set(stems)) != len(stems):
             raise ConfigError(f"{where}.files: two files share a name ({stems}); results are keyed by file name")
+        unknown = sorted(set(spec.image_roots) - set(stems))
+        if unknown:
+            raise ConfigError(f"{where}.image_roots: {unknown} name no file of the benchmark (file names: {stems})")
         if spec.counts_as is not None and spec.counts_as not in COUNTS_AS:
             raise ConfigError(f"{where}.counts_as: must be one of {list(COUNTS_AS)}, got {spec.counts_as!r}")
         out[str(name)] = spec
