@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.errors import ConfigError, SourceError
+from pipeline.core.errors import SourceError
 
 COMPOSITIONAL = "compositional"
 RECOGNITION = "recognition"
@@ -280,8 +280,3 @@ FORMATS: dict[str, Format] = {
     "zeroshot": Format(None, "zeroshot", (), RECOGNITION, "top1", (("_top1", "top1"),)),
 }
 
-
-def get_format(name: str, where: str) -> Format:
-    if name not in FORMATS:
-        raise ConfigError(f"{where}: unknown benchmark format {name!r}; known: {sorted(FORMATS)}")
-    return FORMATS[name]

@@ -31,7 +31,7 @@ from pipeline.core.errors import SourceError
 EXCLUDED_REASON = "excluded_eval_image"
 
 #: record fields that name an image, in the order they are looked for
-IMAGE_FIELDS = ("filename", "file_name", "image_path", "image_file", "image", "filepath_filename")
+IMAGE_FIELDS = ("filename", "file_name", "image_path", "image_file", "image")
 #: record fields that hold a COCO image id
 COCO_ID_FIELDS = ("cocoid", "image_id")
 #: Karpathy splits that are held out (evaluated on); ``train`` and ``restval`` images are not
