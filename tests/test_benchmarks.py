@@ -18,7 +18,7 @@ from PIL import Image
 from pipeline.cli import main
 from pipeline.core.errors import ConfigError, SourceError
 from trainer import evaluate as evaluate_mod
-from trainer.benchmarks import FORMATS, load_valse, load_winoground
+from trainer.benchmarks import FORMATS, load_karpathy, load_valse, load_winoground
 from trainer.config import BenchmarkSpec, eval_config
 from trainer.data import ImageSpec
 from trainer.evaluate import Encoder, evaluate, run_benchmark
@@ -189,6 +189,37 @@ def test_winoground_text_image_and_group_scores(bench):
     assert (res["text"], res["image"], res["group"]) == (0.5, 0.5, 0.25)
 
 
+def _winoground_parquet(bench, path: Path, tagged: bool = True) -> Path:
+    """The same four examples as ``examples.jsonl``, as the dataset's parquet export (images embedded)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = []
+    for line in (bench["dir"] / "winoground" / "examples.jsonl").read_text().splitlines():
+        e = json.loads(line)
+        for k in ("image_0", "image_1"):
+            e[k] = {"bytes": (bench["winoground"] / f"{e[k]}.png").read_bytes(), "path": None}
+        if not tagged:
+            del e["collapsed_tag"], e["tag"]
+        rows.append(e)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def test_winoground_parquet_export_scores_as_the_jsonl(bench, tmp_path):
+    spec = BenchmarkSpec(format="winoground", files=[str(_winoground_parquet(bench, tmp_path / "test-00000.parquet"))])
+    got = run_benchmark(_encoder(), "winoground", spec, None, _judge_log()[0])["files"]["test-00000"]
+    assert (got["text"], got["image"], got["group"], got["examples"], got["skipped_examples"]) == (0.5, 0.5, 0.25, 4, 0)
+    assert got["groups"]["Relation"] == {"text": 0.5, "image": 0.5, "group": 0.0, "examples": 2}
+    # untagged examples form one group; the totals are counted once
+    spec = BenchmarkSpec(format="winoground", files=[str(_winoground_parquet(bench, tmp_path / "untagged.parquet",
+                                                                               tagged=False))])
+    got = run_benchmark(_encoder(), "winoground", spec, None, _judge_log()[0])["files"]["untagged"]
+    assert (got["examples"], got["skipped_examples"], got["group"]) == (4, 0, 0.25)
+    assert got["groups"] == {"untagged": {"text": 0.5, "image": 0.5, "group": 0.25, "examples": 4}}
+    assert len(load_winoground(tmp_path / "untagged.parquet", limit=2)) == 2
+
+
 def test_flickr30k_retrieval_from_the_karpathy_file(bench):
     d = bench["dir"]
     spec = BenchmarkSpec(format="retrieval", files=[str(d / "dataset_flickr30k.json")], image_root=str(bench["flickr"]))
@@ -220,6 +251,25 @@ def test_malformed_files_name_the_file_and_the_item(tmp_path):
     scpp.write_text(json.dumps([{"filename": "a.jpg", "caption": "x", "negative_caption": "z"}]))
     with pytest.raises(SourceError, match=r"swap_obj\.json item 0: missing or empty field 'caption2'"):
         FORMATS["sugarcrepe_pp"].read(str(scpp), None)
+
+
+def test_malformed_retrieval_files_name_the_item(tmp_path):
+    f = tmp_path / "dataset_flickr30k.json"
+    f.write_text(json.dumps({"images": [
+        {"filename": "1.jpg", "split": "test", "sentences": [{"raw": "a dog"}]},
+        {"filename": "2.jpg", "split": "test", "sentences": [{"tokens": ["a", "cat"]}]}]}))
+    with pytest.raises(SourceError, match=r"flickr30k\.json item images\[1\] \(2\.jpg\): missing or empty sentences"):
+        load_karpathy(f)
+    f.write_text(json.dumps({"images": [{"filename": "1.jpg", "split": "train", "sentences": [{"raw": "a dog"}]}]}))
+    with pytest.raises(SourceError, match=r"flickr30k\.json: no test image"):
+        load_karpathy(f)
+    f.write_text(json.dumps([{"image": "1.jpg", "caption": ["a dog"]}, {"caption": ["a cat"]}]))
+    with pytest.raises(SourceError, match=r"flickr30k\.json item 1: missing or empty field 'image'"):
+        load_karpathy(f)
+    bad = tmp_path / "examples.parquet"
+    bad.write_bytes(b"not parquet")
+    with pytest.raises(SourceError, match=r"cannot read .*examples\.parquet"):
+        load_winoground(bad)
 
 
 def _suite_file(path: Path, bench, **extra) -> Path:
@@ -330,5 +380,6 @@ def test_the_coco_recipe_excludes_the_suite_images_and_runs_the_suite():
     assert tr.data.eval_sets == ["params_coco.yaml"] and tr.data.strict_eval_overlap
     gen = from_dict(GenerateConfig, p["negatives"])
     # every COCO-image benchmark file of the suite is excluded from the training captions
-    coco_files = suite["sugarcrepe"].files + suite["sugarcrepe_pp"].files + ["/path/to/valse/data/foil-it.json"]
+    coco_files = suite["sugarcrepe"].files + suite["sugarcrepe_pp"].files + [
+        f"/path/to/valse/data/{piece}.json" for piece in ("plurals", "relations", "foil-it", "coreference-standard")]
     assert gen.source.exclude_images == coco_files

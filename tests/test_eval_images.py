@@ -59,6 +59,31 @@ def test_benchmark_files_read_into_keys(tmp_path):
         "file:2316414.jpg", "file:ex_0_img_0.png", "file:ex_0_img_1.png", "coco:5", "coco:6"}
 
 
+def test_winoground_parquet_and_valse_pieces_read_into_keys(tmp_path):
+    import pyarrow as pa
+
+    # Winoground's parquet export: the image structs' paths are read (never their bytes); an image
+    # without a path is named as examples.jsonl names it
+    wino = tmp_path / "test-00000-of-00001.parquet"
+    pq.write_table(pa.Table.from_pylist([
+        {"id": 0, "image_0": {"bytes": b"x", "path": None}, "image_1": {"bytes": b"y", "path": None},
+         "caption_0": "a", "caption_1": "b"},
+        {"id": 1, "image_0": {"bytes": b"x", "path": "ex_1_img_0.png"}, "image_1": {"bytes": b"y", "path": None},
+         "caption_0": "a", "caption_1": "b"}]), wino)
+    assert read_eval_images([str(wino)]) == {"file:ex_0_img_0.png", "file:ex_0_img_1.png", "file:ex_1_img_0.png",
+                                             "file:ex_1_img_1.png"}
+    # VALSE: FOIL-it and coreference-standard name COCO 2014 files, plurals and relations val2017 ones
+    valse = tmp_path / "coreference-standard.json"
+    valse.write_text(json.dumps({
+        "coref_train_528": {"dataset": "VisDial_v1.0", "image_file": "COCO_train2014_000000254009.jpg",
+                            "caption": "x", "foil": "y", "mturk": {"foil": 0, "caption": 3, "other": 0}},
+        "plurals:coco2017:308510": {"dataset": "coco2017", "dataset_idx": 308510, "image_file": "000000291619.jpg",
+                                    "caption": "x", "foil": "y", "mturk": {"foil": 0, "caption": 3, "other": 0}},
+        "existence_visual7w_2371044": {"dataset": "visual7w", "image_file": "v7w_2371044.jpg", "caption": "x",
+                                       "foil": "y", "mturk": {"foil": 0, "caption": 3, "other": 0}}}))
+    assert read_eval_images([str(valse)]) == {"coco:254009", "coco:291619", "file:v7w_2371044.jpg"}
+
+
 def test_a_malformed_benchmark_file_names_the_file_and_the_item(tmp_path):
     bad = tmp_path / "replace_rel.json"
     bad.write_text(json.dumps({"0": {"filename": "000000000139.jpg"}, "1": {"caption": "no image here"}}))

@@ -21,8 +21,11 @@ Formats (``FORMATS[name].fields`` lists the fields a record must have):
     of the three annotators chose the caption, ``mturk.caption >= 2``); the rest are counted as
     ``not_valid``. Pairwise accuracy (caption above foil) per piece.
 ``winoground``
-    Winoground's ``examples.jsonl``: records ``{id, image_0, image_1, caption_0, caption_1, tag,
-    collapsed_tag}``; images are ``<image_root>/<image_N>.png``. Text, image and group scores.
+    Winoground (``facebook/winoground``): ``data/examples.jsonl`` with records ``{id, image_0, image_1,
+    caption_0, caption_1, tag, secondary_tag, num_main_preds, collapsed_tag}`` whose ``image_N`` is a
+    file stem (``ex_0_img_0``), the images ``<image_root>/<stem>.png`` (``data/images.zip`` unpacked);
+    or the dataset's parquet export (``data/test-*.parquet``), whose ``image_N`` holds the image
+    bytes. Text, image and group scores, per ``collapsed_tag`` (Object, Relation, Both).
 ``retrieval``
     A Karpathy split JSON (``dataset_coco.json``, ``dataset_flickr30k.json``: its ``test`` split) or
     the BLIP-style list ``[{image, caption: [...]}]``. Image->text and text->image R@1/5/10.
@@ -176,7 +179,10 @@ def load_valse(path: str | Path, limit: int | None = None) -> Loaded:
 
 
 def load_winoground(path: str | Path, limit: int | None = None) -> list[WinogroundItem]:
-    """Winoground's ``examples.jsonl``; image ``x`` is the file ``x.png`` under the image root."""
+    """Winoground's ``examples.jsonl`` (image ``x`` is the file ``x.png`` under the image root) or the
+    dataset's parquet export (``data/test-*.parquet``, the images embedded)."""
+    if Path(path).suffix.lower() == ".parquet":
+        return _winoground_parquet(path, limit)
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
@@ -193,31 +199,70 @@ def load_winoground(path: str | Path, limit: int | None = None) -> list[Winogrou
             raise SourceError(f"{path}:{n}: not valid JSON ({err})") from err
         item = f"{e.get('id', n)} (line {n})" if isinstance(e, dict) else f"line {n}"
         i0, i1, c0, c1 = (_text(e, k, path, item) for k in FORMATS["winoground"].fields)
-        group = e.get("collapsed_tag") or e.get("tag") or "all"
-        items.append(WinogroundItem(({"path": f"{i0}.png"}, {"path": f"{i1}.png"}), (c0, c1), str(group)))
+        items.append(WinogroundItem(({"path": f"{i0}.png"}, {"path": f"{i1}.png"}), (c0, c1), _wino_group(e)))
+    return items
+
+
+def _wino_group(rec: dict[str, Any]) -> str:
+    return str(rec.get("collapsed_tag") or rec.get("tag") or "untagged")
+
+
+def _winoground_parquet(path: str | Path, limit: int | None) -> list[WinogroundItem]:
+    """The parquet export: ``image_0`` / ``image_1`` are ``{bytes, path}`` structs; each image is keyed
+    by the file and row so that images without a path stay distinct."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as e:
+        raise SourceError(f"cannot read {path}: {e}") from e
+    rows = table.slice(0, limit).to_pylist() if limit is not None else table.to_pylist()
+    items = []
+    for n, e in enumerate(rows):
+        item = f"{e.get('id', n)} (row {n})"
+        c0, c1 = (_text(e, k, path, item) for k in ("caption_0", "caption_1"))
+        refs = []
+        for k in ("image_0", "image_1"):
+            v = e.get(k)
+            if not isinstance(v, dict) or not (v.get("bytes") or v.get("path")):
+                raise SourceError(f"{path} item {item}: {k} holds no image (neither bytes nor a path)")
+            refs.append({"bytes": v.get("bytes"), "path": v.get("path"), "key": f"{path}#{n}:{k}"})
+        items.append(WinogroundItem((refs[0], refs[1]), (c0, c1), _wino_group(e)))
     return items
 
 
 def load_karpathy(path: str | Path, limit: int | None = None) -> tuple[list[str], list[str], list[int]]:
-    """``(image paths, captions, caption -> image index)`` of the test split."""
+    """``(image paths, captions, caption -> image index)`` of a Karpathy split file's ``test`` images
+    (``filepath``/``filename``, ``sentences[*].raw``) or of a BLIP-style list (``image``, ``caption``:
+    a string or a list). An image without a caption, or a file with no test image, is an error."""
     data = read_json(path)
+    if isinstance(data, dict) and isinstance(data.get("images"), list):
+        records = [(f"images[{i}]", e) for i, e in enumerate(data["images"])
+                   if not isinstance(e, dict) or e.get("split") == "test"]
+        karpathy = True
+    elif isinstance(data, list):
+        records, karpathy = [(str(i), e) for i, e in enumerate(data)], False
+    else:
+        raise SourceError(f"{path}: neither a Karpathy split JSON ({{images: [...]}}) nor a list of {{image, caption}}")
+    if not records:
+        raise SourceError(f"{path}: no test image (a Karpathy file's images need split: test)")
     images: list[str] = []
     captions: list[str] = []
     owner: list[int] = []
-    try:
-        if isinstance(data, dict) and "images" in data:
-            entries = [
-                (os.path.join(e.get("filepath", ""), e["filename"]), [s["raw"] for s in e["sentences"]])
-                for e in data["images"]
-                if e.get("split") == "test"
-            ]
-        elif isinstance(data, list):
-            entries = [(e["image"], e["caption"] if isinstance(e["caption"], list) else [e["caption"]]) for e in data]
+    for item, e in records[:limit]:
+        if karpathy:
+            name = _text(e, "filename", path, item)
+            folder = e.get("filepath") or ""
+            sents = e.get("sentences")
+            caps = [s.get("raw") if isinstance(s, dict) else None for s in sents] if isinstance(sents, list) else None
+            img, field_name = os.path.join(folder, name) if isinstance(folder, str) else name, "sentences[*].raw"
         else:
-            raise SourceError(f"{path}: neither a Karpathy dataset_coco.json nor a list of {{image, caption}}")
-    except (KeyError, TypeError) as err:
-        raise SourceError(f"{path}: missing or bad Karpathy field ({err!r})") from err
-    for img, caps in entries[:limit] if limit else entries:
+            img = _text(e, "image", path, item)
+            c = e.get("caption")
+            caps, field_name = ([c] if isinstance(c, str) else c), "caption"
+        if not caps or not all(isinstance(c, str) and c.strip() for c in caps):
+            raise SourceError(f"{path} item {item} ({img}): missing or empty {field_name}")
         images.append(img)
         for c in caps:
             captions.append(c)

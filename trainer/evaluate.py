@@ -309,12 +309,17 @@ def score_pairs(enc: Encoder, items: list[PairItem], root: str | None, desc: str
     return out
 
 
+def _image_id(ref: dict[str, Any]) -> Any:
+    """An image reference's identity: its ``key`` (embedded images) or else its path."""
+    return ref.get("key") or ref.get("path")
+
+
 def _distinct_images(refs_of_items: Sequence[dict[str, Any]]) -> tuple[list[tuple[dict[str, Any], None]], dict[Any, int]]:
-    """Each distinct image reference once, and the index of each path."""
+    """Each distinct image reference once, and the index of each (:func:`_image_id`)."""
     index: dict[Any, int] = {}
     refs: list[tuple[dict[str, Any], None]] = []
     for ref in refs_of_items:
-        key = ref.get("path")
+        key = _image_id(ref)
         if key not in index:
             index[key] = len(refs)
             refs.append((ref, None))
@@ -335,7 +340,7 @@ def score_triplets(enc: Encoder, items: list[TripletItem], root: str | None, des
     txt_f, t = _texts(enc, [x for it in items for x in (it.positive, it.positive2, it.negative)])
     itt = tot = scored = 0
     for it in items:
-        i = index[it.image.get("path")]
+        i = index[_image_id(it.image)]
         if not ok[i]:
             continue
         p1, p2, n = txt_f[t[it.positive]], txt_f[t[it.positive2]], txt_f[t[it.negative]]
@@ -354,20 +359,23 @@ def score_winoground(enc: Encoder, items: list[WinogroundItem], root: str | None
     refs, index = _distinct_images([im for it in items for im in it.images])
     img_f, ok = enc.images(refs, root, desc)
     txt_f, t = _texts(enc, [c for it in items for c in it.captions])
+    total: Counter = Counter()
     per: dict[str, Counter] = defaultdict(Counter)
     for it in items:
-        i0, i1 = (index[im.get("path")] for im in it.images)
+        i0, i1 = (index[_image_id(im)] for im in it.images)
         if not (ok[i0] and ok[i1]):
             continue
         c0, c1 = txt_f[t[it.captions[0]]], txt_f[t[it.captions[1]]]
+        # s<i><c>: image i against caption c
         s00, s01, s10, s11 = (float(img_f[i] @ c) for i, c in ((i0, c0), (i0, c1), (i1, c0), (i1, c1)))
         text, image = s00 > s01 and s11 > s10, s00 > s10 and s11 > s01
-        for g in ("all", it.group):
-            per[g].update({"text": int(text), "image": int(image), "group": int(text and image), "n": 1})
-    n = per["all"]["n"]
-    out: dict[str, Any] = {k: per["all"][k] / n if n else None for k in ("text", "image", "group")}
+        hit = {"text": int(text), "image": int(image), "group": int(text and image), "n": 1}
+        total.update(hit)
+        per[it.group].update(hit)
+    n = total["n"]
+    out: dict[str, Any] = {k: total[k] / n if n else None for k in ("text", "image", "group")}
     out["groups"] = {g: {**{k: c[k] / c["n"] for k in ("text", "image", "group")}, "examples": c["n"]}
-                     for g, c in sorted(per.items()) if g != "all"}
+                     for g, c in sorted(per.items())}
     out.update({"examples": n, "skipped_examples": len(items) - n})
     return out
 

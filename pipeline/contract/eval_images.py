@@ -8,7 +8,7 @@ Genome image of ARO). A name counts as COCO only when it carries COCO's zero-pad
 a Visual Genome or Flickr number is never read as a COCO id.
 
 :func:`read_eval_images` reads the files of the benchmarks (SugarCrepe and SugarCrepe++ JSON,
-ARO JSON, VALSE JSON, Winoground's ``examples.jsonl``, a Karpathy split JSON, a COCO annotation
+ARO JSON, VALSE JSON, Winoground's ``examples.jsonl`` or parquet export, a Karpathy split JSON, a COCO annotation
 file, a plain text list with one name or id per line) into a set of keys. Stage 1 drops the captions
 whose image key is in that set (``source.exclude_images``, counted as ``excluded_eval_image``);
 stage 2 compares the shards' image paths with it before training. Both call :func:`image_key`, the
@@ -103,8 +103,42 @@ def _json_records(doc: Any, path: str) -> Iterator[tuple[Any, str]]:
         raise SourceError(f"{path}: expected a JSON list or object of benchmark items, found {type(doc).__name__}")
 
 
+def _parquet_records(path: str) -> Iterator[tuple[Any, str]]:
+    """``(record, where)`` of a parquet benchmark file (Winoground's parquet export): its id and
+    image-naming columns, an image struct read as its ``path`` only (never the bytes). An image
+    without a path is named as ``examples.jsonl`` names it, ``ex_<id>_img_<N>``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+        schema = pf.schema_arrow
+        cols = [n for n in ("id", *COCO_ID_FIELDS, *IMAGE_FIELDS, "image_0", "image_1") if n in schema.names]
+        struct = {n for n in cols if pa.types.is_struct(schema.field(n).type)}
+        table = pf.read(columns=[f"{n}.path" if n in struct else n for n in cols])
+        values = {n: (table.column(n).combine_chunks().field("path") if n in struct else table.column(n)).to_pylist()
+                  for n in cols}
+    except (OSError, KeyError, pa.ArrowException) as e:
+        raise SourceError(f"cannot read evaluation file {path}: {e}") from e
+    for n in range(table.num_rows):
+        rec = {k: v[n] for k, v in values.items()}
+        for i in (0, 1):
+            k = f"image_{i}"
+            if k in rec and not rec.get(k) and isinstance(rec.get("id"), int):
+                rec[k] = f"ex_{rec['id']}_img_{i}"
+            elif isinstance(rec.get(k), str):
+                rec[k] = rec[k].rsplit("/", 1)[-1].removesuffix(".png")
+        rec.pop("id", None)
+        yield rec, f"{path}: row {n}"
+
+
 def _file_keys(path: str) -> frozenset[str]:
     p = Path(path)
+    if p.suffix.lower() == ".parquet":
+        keys = {k for rec, where in _parquet_records(path) for k in _record_keys(rec, where)}
+        if not keys:
+            raise SourceError(f"evaluation image list {path} names no image")
+        return frozenset(keys)
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
