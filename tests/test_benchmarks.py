@@ -344,6 +344,32 @@ def test_compare_suite_joins_two_models(bench, tmp_path, stand_in):
     assert (tmp_path / "joined" / "suite.csv").read_text().splitlines()[2].startswith("valse_only,,,0.666")
 
 
+def test_a_bad_benchmark_file_or_image_root_stops_the_run_before_the_model_is_built(bench, tmp_path, monkeypatch):
+    from trainer.data import ImagesUnavailable
+
+    built = []
+    monkeypatch.setattr(evaluate_mod, "build_model", lambda *a, **k: built.append(1))
+    d = bench["dir"]
+    bad = tmp_path / "relations.json"
+    bad.write_text(json.dumps({"relations_0": {"image_file": "000000000001.jpg", "caption": "x", "foil": "y"}}))
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(f"benchmarks:\n"
+                     f"  flickr: {{format: retrieval, files: [{d / 'dataset_flickr30k.json'}], image_root: {bench['flickr']}}}\n"
+                     f"  valse: {{format: valse, files: [{bad}], image_root: {bench['coco']}}}\n")
+    run = {"model": {"name": "table"}, "suite": str(suite), "workers": 0, "progress": False,
+           "out": str(tmp_path / "m.json")}
+    with pytest.raises(SourceError, match=r"relations\.json item 'relations_0': no annotator votes"):
+        evaluate(eval_config(run))
+    suite.write_text(f"benchmarks:\n  winoground: {{format: winoground, files: [{d / 'winoground' / 'examples.jsonl'}], "
+                     f"image_root: {bench['coco']}}}\n")
+    with pytest.raises(ImagesUnavailable, match=r"benchmark winoground \(.*examples\.jsonl\): none of its first 8 images "
+                       r"exists; e\.g\. ex_0_img_0\.png was looked up as .* under the image root .*val2017; "
+                       r"this dataset stores image paths only; pass the image_root \(or image_roots\) of benchmark "
+                       r"winoground in the suite"):
+        evaluate(eval_config(run))
+    assert built == [] and not (tmp_path / "m.json").exists()
+
+
 def test_suite_file_errors_name_the_key(tmp_path, bench):
     bad = tmp_path / "s.yaml"
     bad.write_text("benchmarks:\n  wino: {format: winogrande, files: [x.jsonl]}\n")

@@ -270,6 +270,18 @@ def load_karpathy(path: str | Path, limit: int | None = None) -> tuple[list[str]
     return images, captions, owner
 
 
+def image_refs(items: Any, n: int) -> list[dict[str, Any]]:
+    """The first ``n`` image references of a reader's items (a list of items or a :class:`RetrievalSet`)."""
+    if isinstance(items, RetrievalSet):
+        return [{"path": p} for p in items.images[:n]]
+    refs: list[dict[str, Any]] = []
+    for it in items:
+        refs += list(it.images) if isinstance(it, WinogroundItem) else [it.image]
+        if len(refs) >= n:
+            break
+    return refs[:n]
+
+
 # --------------------------------------------------------------------------------------------- registry
 
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -61,6 +62,7 @@ from trainer.benchmarks import (  # noqa: F401  (the readers, re-exported for ca
     RetrievalSet,
     TripletItem,
     WinogroundItem,
+    image_refs,
     load_aro,
     load_karpathy,
     load_sugarcrepe,
@@ -87,7 +89,7 @@ from trainer.data import (
 from trainer.distributed import DistInfo
 from trainer.loop import amp_dtype, resolve_device
 from trainer.models import build_model
-from trainer.suite import load_suite, summarize, write_tables
+from trainer.suite import load_suite, read_benchmarks, summarize, write_tables
 
 log = logging.getLogger(__name__)
 
@@ -403,8 +405,33 @@ def zeroshot_scores(enc: Encoder, spec: Any, limit: int | None = None) -> dict[s
     return zeroshot.score(zs, feats, ok, weights)
 
 
-def run_benchmark(enc: Encoder, name: str, spec: Any, limit: int | None, judge: Callable[..., None]) -> dict[str, Any]:
-    """Score one benchmark of a suite (``spec``: a ``BenchmarkSpec``): per file for formats with one
+#: how many of a benchmark file's first images are looked for before a model is built
+PROBE_IMAGES = 16
+
+
+def _suite_flag(name: str) -> str:
+    return f"the image_root (or image_roots) of benchmark {name} in the suite"
+
+
+def probe_benchmark(name: str, spec: Any, loaded: dict[str, Loaded]) -> None:
+    """Before a model is built: a file of benchmark ``name`` none of whose first images (given by
+    path) exists under its image root is an :class:`ImagesUnavailable` error naming the file, an
+    image, the root and the setting to change; some missing images are left to the run to count."""
+    for path, ld in loaded.items():
+        root = spec.image_roots.get(Path(path).stem, spec.image_root)
+        paths = [r["path"] for r in image_refs(ld.items, PROBE_IMAGES) if r.get("path") and not r.get("bytes")]
+        full = [p if (os.path.isabs(p) or not root) else os.path.join(root, p) for p in paths]
+        if full and not any(os.path.exists(f) for f in full):
+            example = SkipExample("image 0", "missing", paths[0], full[0])
+            raise ImagesUnavailable(unresolved_message(
+                f"benchmark {name} ({path}): none of its first {len(full)} images exists", example, root,
+                _suite_flag(name)))
+
+
+def run_benchmark(enc: Encoder, name: str, spec: Any, limit: int | None, judge: Callable[..., None],
+                  loaded: dict[str, Loaded] | None = None) -> dict[str, Any]:
+    """Score one benchmark of a suite (``spec``: a ``BenchmarkSpec``; ``loaded``: its files as
+    :func:`trainer.suite.read_benchmarks` read them, else read here): per file for formats with one
     file per category or piece (``files``, keyed by file name), and each of the format's table
     metrics as the mean over those files. Every file reports the items it read (``items_read``),
     those its reader left out by reason (``left_out``, e.g. VALSE's ``not_valid``) and those left
@@ -412,7 +439,8 @@ def run_benchmark(enc: Encoder, name: str, spec: Any, limit: int | None, judge: 
     from trainer.config import ZeroShotSpec
 
     fmt = FORMATS[spec.format]
-    flag = f"the image_root of benchmark {name} in the suite"
+    flag = _suite_flag(name)
+    read = (lambda path: loaded[path]) if loaded is not None else (lambda path: fmt.read(path, limit))
     root = spec.image_root
     if fmt.kind == "zeroshot":
         z = ZeroShotSpec(name=name, path=spec.files[0], classnames=spec.classnames, templates=spec.templates,
@@ -421,7 +449,7 @@ def run_benchmark(enc: Encoder, name: str, spec: Any, limit: int | None, judge: 
         judge(f"{name} ({z.path})", res, res["images"], res["skipped_images"], "images", None, flag, enc.example)
         return res
     if fmt.kind == "retrieval":
-        res = score_retrieval(enc, fmt.read(spec.files[0], limit).items, root, name)
+        res = score_retrieval(enc, read(spec.files[0]).items, root, name)
         if res.get("image_to_text_R@1") is not None:
             res["mean_R@1"] = (res["image_to_text_R@1"] + res["text_to_image_R@1"]) / 2
         judge(f"{name} ({spec.files[0]})", res, res["images"], res["skipped_images"], "images", root, flag,
@@ -432,12 +460,12 @@ def run_benchmark(enc: Encoder, name: str, spec: Any, limit: int | None, judge: 
     score, unit, skipped_key = scorers[fmt.kind]
     files: dict[str, Any] = {}
     for path in spec.files:
-        loaded = fmt.read(path, limit)
+        got = read(path)
         stem = Path(path).stem
         root = spec.image_roots.get(stem, spec.image_root)
-        res = score(enc, loaded.items, root, f"{name}:{stem}")
-        res["items_read"] = len(loaded.items) + sum(loaded.skipped.values())
-        res["left_out"] = dict(loaded.skipped)
+        res = score(enc, got.items, root, f"{name}:{stem}")
+        res["items_read"] = len(got.items) + sum(got.skipped.values())
+        res["left_out"] = dict(got.skipped)
         judge(f"{name} {stem} ({path})", res, res[unit], res[skipped_key], unit, root, flag, enc.example)
         files[stem] = res
     out: dict[str, Any] = {"files": files}
@@ -627,6 +655,9 @@ def evaluate(config: EvalConfig | dict[str, Any]) -> dict[str, Any]:
     cfg.validate()
     t0 = time.time()
     suite = load_suite(cfg.suite) if cfg.suite else None  # read before a model is built: a bad file fails at once
+    suite_items = read_benchmarks(suite, cfg.limit) if suite else {}
+    for name, loaded in suite_items.items():
+        probe_benchmark(name, suite[name], loaded)
     shards = None
     if cfg.shards:  # read (and checked) before a model is built, so damaged shards stop the run at once
         families = list(cfg.families) or list(ALL_FAMILIES)
@@ -697,7 +728,8 @@ def evaluate(config: EvalConfig | dict[str, Any]) -> dict[str, Any]:
                   _ROOT_FLAGS["zeroshot"], enc.example)
 
     if suite is not None:
-        results = {name: run_benchmark(enc, name, spec, cfg.limit, judge) for name, spec in suite.items()}
+        results = {name: run_benchmark(enc, name, spec, cfg.limit, judge, suite_items.get(name))
+                   for name, spec in suite.items()}
         metrics["suite"] = summarize(suite, results, str(cfg.suite))
 
     metrics["skipped_images"] = dict(enc.skipped)

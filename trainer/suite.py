@@ -32,7 +32,7 @@ import yaml
 from pipeline.core.atomic import write_bytes_atomic
 from pipeline.core.config import from_dict
 from pipeline.core.errors import ConfigError, SourceError
-from trainer.benchmarks import COMPOSITIONAL, FORMATS, RECOGNITION
+from trainer.benchmarks import COMPOSITIONAL, FORMATS, RECOGNITION, Loaded
 from trainer.config import BenchmarkSpec
 
 COUNTS_AS = (COMPOSITIONAL, RECOGNITION, "none")
@@ -84,6 +84,14 @@ def load_suite(path: str | Path) -> dict[str, BenchmarkSpec]:
 def suite_files(path: str | Path) -> list[str]:
     """Every benchmark file a suite names (its image-bearing files, for the overlap check)."""
     return [f for spec in load_suite(path).values() if FORMATS[spec.format].kind != "zeroshot" for f in spec.files]
+
+
+def read_benchmarks(specs: dict[str, BenchmarkSpec], limit: int | None = None) -> dict[str, dict[str, Loaded]]:
+    """Every file of every benchmark read and checked (``name -> file -> Loaded``), so that a
+    malformed file stops a run before any model is built or scored; zero-shot sets are read when
+    scored (``trainer.zeroshot``)."""
+    return {name: {path: FORMATS[spec.format].read(path, limit) for path in spec.files}
+            for name, spec in specs.items() if FORMATS[spec.format].read is not None}
 
 
 def counts_as(spec: BenchmarkSpec) -> str:
