@@ -8,9 +8,10 @@ Formats (``FORMATS[name].fields`` lists the fields a record must have):
     SugarCrepe's category JSON (``swap_att.json``...): ``{"0": {filename, caption, negative_caption}}``
     or a list of such records; images are COCO val2017 file names. Pairwise accuracy per file.
 ``sugarcrepe_pp``
-    SugarCrepe++ (``replace_att.json``...): records ``{filename, caption, caption2, negative_caption}``
-    (two positives, one negative). Image-to-text (ITT): the image scores both positives above the
-    negative; text-only (TOT): the positives are nearer each other than either is to the negative.
+    SugarCrepe++ (``data/replace_att.json``... of ``Sri-Harsha/scpp``): a list of ``{id, filename,
+    caption, caption2, negative_caption}`` (two positives, one negative; COCO val2017 images).
+    Image-to-text (ITT): the image scores both positives above the negative; text-only (TOT): the
+    positives are nearer each other than either is to the negative (the paper's definitions).
 ``aro_relation``, ``aro_attribution``
     ARO's ``visual_genome_relation.json`` / ``visual_genome_attribution.json``: records
     ``{image_path, bbox_x, bbox_y, bbox_w, bbox_h, true_caption, false_caption}`` with
@@ -27,8 +28,9 @@ Formats (``FORMATS[name].fields`` lists the fields a record must have):
     or the dataset's parquet export (``data/test-*.parquet``), whose ``image_N`` holds the image
     bytes. Text, image and group scores, per ``collapsed_tag`` (Object, Relation, Both).
 ``retrieval``
-    A Karpathy split JSON (``dataset_coco.json``, ``dataset_flickr30k.json``: its ``test`` split) or
-    the BLIP-style list ``[{image, caption: [...]}]``. Image->text and text->image R@1/5/10.
+    A Karpathy split JSON (``dataset_coco.json``, ``dataset_flickr30k.json``: the images whose
+    ``split`` is ``test``, ``filepath``/``filename``, ``sentences[*].raw``) or the BLIP-style list
+    ``[{image, caption: [...]}]``. Image->text and text->image R@1/5/10.
 ``zeroshot``
     An ImageFolder directory or an ``image,label`` CSV (``trainer/zeroshot.py``). Top-1/top-5.
 
@@ -102,6 +104,7 @@ class Loaded:
 
 
 def read_json(path: str | Path) -> Any:
+    """A JSON file's content; an unreadable or invalid file is a :class:`SourceError` naming it."""
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -118,6 +121,7 @@ def _records(path: str | Path, data: Any) -> list[tuple[str, Any]]:
 
 
 def _text(rec: Any, key: str, path: str | Path, item: str) -> str:
+    """``rec[key]``, a non-empty string, or a :class:`SourceError` naming the file, item and field."""
     if not isinstance(rec, dict):
         raise SourceError(f"{path} item {item}: expected an object, found {type(rec).__name__}")
     v = rec.get(key)
@@ -130,6 +134,7 @@ def _text(rec: Any, key: str, path: str | Path, item: str) -> str:
 
 
 def load_sugarcrepe(path: str | Path, limit: int | None = None) -> list[PairItem]:
+    """A SugarCrepe category file: ``{"<n>": {filename, caption, negative_caption}}`` (or a list)."""
     items = []
     for item, e in _records(path, read_json(path))[:limit]:
         f, c, n = (_text(e, k, path, item) for k in FORMATS["sugarcrepe"].fields)
@@ -138,6 +143,7 @@ def load_sugarcrepe(path: str | Path, limit: int | None = None) -> list[PairItem
 
 
 def load_sugarcrepe_pp(path: str | Path, limit: int | None = None) -> list[TripletItem]:
+    """A SugarCrepe++ type file: a list of ``{id, filename, caption, caption2, negative_caption}``."""
     items = []
     for item, e in _records(path, read_json(path))[:limit]:
         f, c, c2, n = (_text(e, k, path, item) for k in FORMATS["sugarcrepe_pp"].fields)
