@@ -360,6 +360,11 @@ def test_a_bad_benchmark_file_or_image_root_stops_the_run_before_the_model_is_bu
            "out": str(tmp_path / "m.json")}
     with pytest.raises(SourceError, match=r"relations\.json item 'relations_0': no annotator votes"):
         evaluate(eval_config(run))
+    bad.write_text(json.dumps({"relations_0": {"image_file": "000000000001.jpg", "caption": "x", "foil": "y",
+                                               "mturk": {"caption": 1, "foil": 2, "other": 0}}}))
+    with pytest.raises(SourceError, match=r"benchmark valse \(.*relations\.json\): nothing to score: it holds no item "
+                       r"its reader keeps \(left out: \{'not_valid': 1\}\)"):
+        evaluate(eval_config(run))
     suite.write_text(f"benchmarks:\n  winoground: {{format: winoground, files: [{d / 'winoground' / 'examples.jsonl'}], "
                      f"image_root: {bench['coco']}}}\n")
     with pytest.raises(ImagesUnavailable, match=r"benchmark winoground \(.*examples\.jsonl\): none of its first 8 images "

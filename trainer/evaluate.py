@@ -416,8 +416,13 @@ def _suite_flag(name: str) -> str:
 def probe_benchmark(name: str, spec: Any, loaded: dict[str, Loaded]) -> None:
     """Before a model is built: a file of benchmark ``name`` none of whose first images (given by
     path) exists under its image root is an :class:`ImagesUnavailable` error naming the file, an
-    image, the root and the setting to change; some missing images are left to the run to count."""
+    image, the root and the setting to change; some missing images are left to the run to count. A
+    file with nothing to score (no record, or every record left out) is a :class:`SourceError`."""
     for path, ld in loaded.items():
+        n = len(ld.items.images) if isinstance(ld.items, RetrievalSet) else len(ld.items)
+        if not n:
+            raise SourceError(f"benchmark {name} ({path}): nothing to score: it holds no item"
+                              + (f" its reader keeps (left out: {ld.skipped})" if ld.skipped else ""))
         root = spec.image_roots.get(Path(path).stem, spec.image_root)
         paths = [r["path"] for r in image_refs(ld.items, PROBE_IMAGES) if r.get("path") and not r.get("bytes")]
         full = [p if (os.path.isabs(p) or not root) else os.path.join(root, p) for p in paths]
