@@ -414,3 +414,14 @@ def test_the_coco_recipe_excludes_the_suite_images_and_runs_the_suite():
     coco_files = suite["sugarcrepe"].files + suite["sugarcrepe_pp"].files + [
         f"/path/to/valse/data/{piece}.json" for piece in ("plurals", "relations", "foil-it", "coreference-standard")]
     assert gen.source.exclude_images == coco_files
+
+
+def test_aro_attribution_macro_accuracy_leaves_out_rare_attribute_pairs_as_aro_does():
+    from trainer.evaluate import grouped_accuracy
+
+    correct, groups = [True] * 25 + [False] * 2, ["white_black"] * 25 + ["red_blue"] * 2
+    assert FORMATS["aro_attribution"].macro_min_pairs == 25 and FORMATS["aro_relation"].macro_min_pairs == 1
+    got = grouped_accuracy(correct, groups, FORMATS["aro_attribution"].macro_min_pairs)
+    assert (got["macro_accuracy"], got["accuracy"]) == (1.0, 25 / 27)
+    assert got["groups"]["red_blue"] == {"accuracy": 0.0, "pairs": 2}
+    assert grouped_accuracy(correct, groups)["macro_accuracy"] == 0.5

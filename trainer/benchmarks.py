@@ -304,6 +304,9 @@ class Format:
     headline: str
     #: the metrics shown as table columns, ``(column suffix, metric key)``
     columns: tuple[tuple[str, str], ...]
+    #: pairs formats: the groups with fewer pairs are left out of ``macro_accuracy`` (ARO's own
+    #: VG-Attribution evaluation drops attribute pairs with fewer than 25 test cases)
+    macro_min_pairs: int = 1
 
 
 def _loaded(fn: Callable[..., Any]) -> Callable[[str, int | None], Loaded]:
@@ -322,6 +325,9 @@ def _retrieval(path: str, limit: int | None = None) -> Loaded:
 
 
 _PAIR_COLUMNS = (("", "accuracy"),)
+#: ARO (``dataset_zoo/aro_datasets.py``, ``VG_Attribution.evaluate_scores``) scores an attribute pair
+#: only when it has at least this many test cases
+ARO_MIN_ATTRIBUTE_PAIRS = 25
 _ARO_FIELDS = ("image_path", "bbox_x", "bbox_y", "bbox_w", "bbox_h", "true_caption", "false_caption")
 
 FORMATS: dict[str, Format] = {
@@ -333,7 +339,7 @@ FORMATS: dict[str, Format] = {
     "aro_relation": Format(_aro("relation"), "pairs", (*_ARO_FIELDS, "relation_name"), COMPOSITIONAL,
                            "macro_accuracy", (("", "macro_accuracy"),)),
     "aro_attribution": Format(_aro("attribution"), "pairs", (*_ARO_FIELDS, "attributes"), COMPOSITIONAL,
-                              "macro_accuracy", (("", "macro_accuracy"),)),
+                              "macro_accuracy", (("", "macro_accuracy"),), macro_min_pairs=ARO_MIN_ATTRIBUTE_PAIRS),
     "valse": Format(_loaded(load_valse), "pairs", ("image_file", "caption", "foil", "mturk"), COMPOSITIONAL,
                     "accuracy", _PAIR_COLUMNS),
     "winoground": Format(_loaded(load_winoground), "winoground", ("image_0", "image_1", "caption_0", "caption_1"),

@@ -130,17 +130,19 @@ def family_accuracy(correct: torch.Tensor, family: torch.Tensor, families: Seque
     }
 
 
-def grouped_accuracy(correct: Sequence[bool], groups: Sequence[str]) -> dict[str, Any]:
-    """Micro accuracy, macro accuracy over groups, and each group's accuracy and count."""
+def grouped_accuracy(correct: Sequence[bool], groups: Sequence[str], macro_min_pairs: int = 1) -> dict[str, Any]:
+    """Micro accuracy, macro accuracy over the groups of at least ``macro_min_pairs`` pairs (ARO's
+    VG-Attribution: 25), and each group's accuracy and count."""
     per: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for c, g in zip(correct, groups):
         per[g][0] += int(bool(c))
         per[g][1] += 1
     n = sum(v[1] for v in per.values())
     groups_out = {g: {"accuracy": v[0] / v[1], "pairs": v[1]} for g, v in sorted(per.items())}
+    macro = [x["accuracy"] for x in groups_out.values() if x["pairs"] >= macro_min_pairs]
     return {
         "accuracy": (sum(v[0] for v in per.values()) / n) if n else None,
-        "macro_accuracy": (sum(x["accuracy"] for x in groups_out.values()) / len(groups_out)) if groups_out else None,
+        "macro_accuracy": (sum(macro) / len(macro)) if macro else None,
         "pairs": n,
         "groups": groups_out,
     }
@@ -283,8 +285,10 @@ class Encoder:
         return feats, ok
 
 
-def score_pairs(enc: Encoder, items: list[PairItem], root: str | None, desc: str) -> dict[str, Any]:
-    """Encode each distinct image and text once; return grouped pairwise accuracy."""
+def score_pairs(enc: Encoder, items: list[PairItem], root: str | None, desc: str,
+                macro_min_pairs: int = 1) -> dict[str, Any]:
+    """Encode each distinct image and text once; return grouped pairwise accuracy
+    (:func:`grouped_accuracy`)."""
     img_key: dict[tuple, int] = {}
     refs: list[tuple[dict[str, Any], tuple | None]] = []
     for it in items:
@@ -306,7 +310,7 @@ def score_pairs(enc: Encoder, items: list[PairItem], root: str | None, desc: str
         rows.append((i, t_index[it.positive], t_index[it.negative]))
         groups.append(it.group)
     correct = pair_correct(img_f, txt_f, torch.tensor(rows, dtype=torch.long)).tolist() if rows else []
-    out = grouped_accuracy(correct, groups)
+    out = grouped_accuracy(correct, groups, macro_min_pairs)
     out["skipped_pairs"] = skipped
     return out
 
@@ -468,7 +472,8 @@ def run_benchmark(enc: Encoder, name: str, spec: Any, limit: int | None, judge: 
         got = read(path)
         stem = Path(path).stem
         root = spec.image_roots.get(stem, spec.image_root)
-        res = score(enc, got.items, root, f"{name}:{stem}")
+        extra = {"macro_min_pairs": fmt.macro_min_pairs} if fmt.kind == "pairs" else {}
+        res = score(enc, got.items, root, f"{name}:{stem}", **extra)
         res["items_read"] = len(got.items) + sum(got.skipped.values())
         res["left_out"] = dict(got.skipped)
         judge(f"{name} {stem} ({path})", res, res[unit], res[skipped_key], unit, root, flag, enc.example)
@@ -715,7 +720,8 @@ def evaluate(config: EvalConfig | dict[str, Any]) -> dict[str, Any]:
     for key, path, kind in (("aro_vg_relation", cfg.aro_relation, "relation"),
                             ("aro_vg_attribution", cfg.aro_attribution, "attribution")):
         if path:
-            metrics[key] = score_pairs(enc, load_aro(path, kind, cfg.limit), cfg.aro_image_root, key)
+            metrics[key] = score_pairs(enc, load_aro(path, kind, cfg.limit), cfg.aro_image_root, key,
+                                       FORMATS[f"aro_{kind}"].macro_min_pairs)
             judge(f"{key} ({path})", metrics[key], metrics[key]["pairs"], metrics[key]["skipped_pairs"], "pairs",
                   cfg.aro_image_root, _ROOT_FLAGS["aro"], enc.example)
 
