@@ -72,7 +72,7 @@ class DataConfig:
     #: share of the dataset's rows whose image may be missing or unreadable in an epoch (they are left
     #: out and counted); one more stops the run. Before training, the images of the first rows must open.
     max_missing_fraction: float = 0.01
-    #: evaluation files (SugarCrepe/ARO/VALSE JSON, Winoground jsonl, a Karpathy split JSON, a list of
+    #: evaluation files (SugarCrepe/ARO/VALSE JSON, Winoground jsonl or parquet, a Karpathy split JSON, a list of
     #: names or COCO ids) or suite YAMLs: training rows showing their images are a warning before training
     eval_sets: list[str] = field(default_factory=list)
     #: refuse to train when a training row shows an image of ``eval_sets``

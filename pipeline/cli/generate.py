@@ -74,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-column")
     p.add_argument("--limit", type=int, help="read at most this many captions")
     p.add_argument("--exclude-images", nargs="+", metavar="FILE",
-                   help="evaluation files (SugarCrepe/ARO/VALSE JSON, Winoground jsonl, a Karpathy split JSON, a "
+                   help="evaluation files (SugarCrepe/ARO/VALSE JSON, Winoground jsonl or parquet, a Karpathy split JSON, a "
                    "text list of names or COCO ids) whose images are left out (source.exclude_images)")
     p.add_argument("--name", help="dataset name (manifest file name)")
     p.add_argument("--out", "-o", help="output folder for the shards, or an fsspec URL (s3://bucket/path)")
