@@ -36,6 +36,9 @@ class SourceConfig:
     streaming: bool = False
     #: read at most this many caption rows (before skipping); None = all
     limit: int | None = None
+    #: evaluation files whose images must not be trained on (``pipeline.contract.eval_images``): a
+    #: caption of such an image is skipped and counted as ``excluded_eval_image``
+    exclude_images: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -210,4 +213,6 @@ class GenerateConfig:
         d = to_dict(self)
         for k in self.NON_DATA_FIELDS:
             d.pop(k, None)
+        if not d["source"]["exclude_images"]:  # absent unless set, so older datasets keep their hash
+            del d["source"]["exclude_images"]
         return d

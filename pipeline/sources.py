@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import SourceConfig
+from pipeline.contract.eval_images import exclude_eval_images
 from pipeline.core.errors import ConfigError, SourceError
 from pipeline.core.jsonstream import JsonArray, lazy_json
 from pipeline.records import CaptionRecord, Skip
@@ -104,6 +105,7 @@ def iter_source(cfg: SourceConfig, *, stream_json: bool = False, unique_ids: boo
             _read_parquet(cfg, name, only=part.file) if part.file is not None
             else _read_jsonl(cfg, name, part) if fmt == "jsonl" else _read_delimited(cfg, name, part)
         )
+        items = exclude_eval_images(items, cfg.exclude_images, Skip)
         return _check_unique_ids(items) if unique_ids else items
     log.info("reading %s as %s (source name %r)", cfg.path, fmt, name)
     load: Callable[[str], Any] = lazy_json if stream_json else _load_json
@@ -120,6 +122,7 @@ def iter_source(cfg: SourceConfig, *, stream_json: bool = False, unique_ids: boo
     items = readers[fmt](cfg, name)
     if cfg.limit is not None:
         items = itertools.islice(items, cfg.limit)
+    items = exclude_eval_images(items, cfg.exclude_images, Skip)
     return _check_unique_ids(items) if unique_ids else items
 
 

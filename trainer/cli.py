@@ -49,7 +49,8 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         "data.families": args.families, "data.batch_size": args.batch_size, "data.workers": args.workers,
         "optim.epochs": args.epochs, "optim.max_steps": args.max_steps, "optim.lr": args.lr,
         "output_dir": args.output_dir, "seed": args.seed, "checkpoint_every": args.checkpoint_every,
-        "resume": args.resume,
+        "resume": args.resume, "data.eval_sets": args.eval_sets,
+        "data.strict_eval_overlap": True if args.strict_eval_overlap else None,
     }
     if args.objective:
         flags.update(OBJECTIVES[args.objective])
@@ -67,7 +68,7 @@ def eval_config_from_args(args: argparse.Namespace) -> EvalConfig:
         "aro_attribution": args.aro_attribution, "aro_image_root": args.aro_image_root,
         "coco_karpathy": args.coco, "coco_image_root": args.coco_image_root, "limit": args.limit,
         "batch_size": args.batch_size, "workers": args.workers, "out": args.out,
-        "zeroshot": _zeroshot_flags(args),
+        "zeroshot": _zeroshot_flags(args), "suite": args.suite,
     }
     if args.no_progress:
         flags["progress"] = False
@@ -129,6 +130,10 @@ def _register_train_eval(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--families", type=_csv, help="comma-separated hard-negative families")
     g.add_argument("--batch-size", type=int, help="per-rank batch size")
     g.add_argument("--workers", type=int, help="data-loader worker processes")
+    g.add_argument("--eval-sets", nargs="+", metavar="FILE",
+                   help="evaluation files or suite YAMLs: warn when training images are among theirs (data.eval_sets)")
+    g.add_argument("--strict-eval-overlap", action="store_true",
+                   help="refuse to train when they share images (data.strict_eval_overlap)")
     g = p.add_argument_group("run")
     g.add_argument("--objective", choices=sorted(OBJECTIVES), help="loss preset (default: ce-clip)")
     g.add_argument("--epochs", type=int)
@@ -167,6 +172,8 @@ def _register_train_eval(sub: argparse._SubParsersAction) -> None:
                    help="class names of a zero-shot set: a file (one per line) or 'imagenet'")
     g.add_argument("--zeroshot-templates", action="append", metavar="NAME=FILE",
                    help="prompt templates of a zero-shot set: a file ('{}' = class) or 'openai' / 'simple'")
+    g.add_argument("--suite", metavar="FILE", help="evaluation suite YAML (benchmark name -> format, files, "
+                   "image_root): every score in the metrics JSON, plus <out stem>.md and .csv tables")
     g.add_argument("--limit", type=int, help="at most this many items per benchmark")
     g.add_argument("--batch-size", type=int)
     g.add_argument("--workers", type=int)
@@ -255,6 +262,14 @@ def _compare_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare_suite(args: argparse.Namespace) -> int:
+    from trainer.suite import join_suites
+
+    joined = join_suites(_pairs(args.model, "--model"), args.out)
+    log.info("joined %d models into %s/suite.md", len(joined["models"]), args.out)
+    return 0
+
+
 def _register_compare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "compare",
@@ -278,6 +293,17 @@ def _register_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--world", help="world.json of hardneg synth, to describe the data")
     p.add_argument("--out", "-o", required=True, help="output folder for report.md and the PNGs")
     p.set_defaults(func=_compare_report)
+
+    p = sub.add_parser(
+        "compare-suite",
+        help="join several models' suite results (hardneg eval --suite) into one table, a row per model",
+        description="Write <out>/suite.md, suite.csv and suite.json: one row per --model, one column per "
+        "benchmark metric, and the compositional and recognition means.",
+    )
+    p.add_argument("--model", action="append", required=True, metavar="NAME=METRICS_JSON",
+                   help="a model's hardneg eval --suite metrics JSON (repeatable; rows keep this order)")
+    p.add_argument("--out", "-o", required=True, help="output folder")
+    p.set_defaults(func=_compare_suite)
 
 
 # --------------------------------------------------------------------------- wise-ft

@@ -72,8 +72,15 @@ class DataConfig:
     #: share of the dataset's rows whose image may be missing or unreadable in an epoch (they are left
     #: out and counted); one more stops the run. Before training, the images of the first rows must open.
     max_missing_fraction: float = 0.01
+    #: evaluation files (SugarCrepe/ARO/VALSE JSON, Winoground jsonl or parquet, a Karpathy split JSON, a list of
+    #: names or COCO ids) or suite YAMLs: training rows showing their images are a warning before training
+    eval_sets: list[str] = field(default_factory=list)
+    #: refuse to train when a training row shows an image of ``eval_sets``
+    strict_eval_overlap: bool = False
 
     def validate(self) -> None:
+        if self.strict_eval_overlap and not self.eval_sets:
+            raise ConfigError("data.strict_eval_overlap needs data.eval_sets (the evaluation files to compare with)")
         if not self.paths:
             raise ConfigError("data.paths is required: shard files, globs or a dataset directory")
         unknown = [f for f in self.families if f not in ALL_FAMILIES]
@@ -212,6 +219,26 @@ class ZeroShotSpec:
 
 
 @dataclass
+class BenchmarkSpec:
+    """One benchmark of an evaluation suite (see trainer/benchmarks.py for the formats)."""
+
+    #: a format of ``trainer.benchmarks.FORMATS``: sugarcrepe, sugarcrepe_pp, aro_relation,
+    #: aro_attribution, valse, winoground, retrieval, zeroshot
+    format: str = ""
+    #: the benchmark's files (one per category or piece; one for retrieval, winoground and zeroshot)
+    files: list[str] = field(default_factory=list)
+    #: the folder the files' image paths resolve against
+    image_root: str | None = None
+    #: a file's own image folder, by file name without suffix (VALSE's pieces come from several datasets)
+    image_roots: dict[str, str] = field(default_factory=dict)
+    #: zeroshot only: class names and prompt templates (as ``ZeroShotSpec``)
+    classnames: str | None = None
+    templates: str | None = None
+    #: compositional | recognition | none (in neither mean); None = the format's own
+    counts_as: str | None = None
+
+
+@dataclass
 class EvalConfig:
     """Everything ``hardneg eval`` needs; each benchmark runs only when its input is given."""
 
@@ -236,6 +263,9 @@ class EvalConfig:
     coco_image_root: str | None = None
     #: zero-shot classification sets: top-1/top-5 recognition beside compositionality
     zeroshot: list[ZeroShotSpec] = field(default_factory=list)
+    #: an evaluation suite: a YAML file whose ``benchmarks`` (or ``suite.benchmarks``) map a name to a
+    #: :class:`BenchmarkSpec`; the run also writes a markdown and a CSV table beside ``out``
+    suite: str | None = None
     #: score at most this many items per benchmark (quick checks); None = all
     limit: int | None = None
     #: share of a benchmark's items (pairs; images for retrieval and zero-shot) that may be left out for a
@@ -259,9 +289,10 @@ class EvalConfig:
         if any(not z.name or not z.path for z in self.zeroshot) or len(set(names)) != len(names):
             raise ConfigError(f"zeroshot: every set needs a unique name and a path, got {names}")
         if not (self.shards or self.sugarcrepe or self.aro_relation or self.aro_attribution or self.coco_karpathy
-                or self.zeroshot):
+                or self.zeroshot or self.suite):
             raise ConfigError(
-                "nothing to evaluate: give shards, sugarcrepe, aro_relation, aro_attribution, coco_karpathy or zeroshot"
+                "nothing to evaluate: give shards, sugarcrepe, aro_relation, aro_attribution, coco_karpathy, "
+                "zeroshot or suite"
             )
 
 
@@ -279,6 +310,7 @@ def eval_config(data: dict[str, Any] | None = None) -> EvalConfig:
 
 
 __all__ = [
+    "BenchmarkSpec",
     "DataConfig",
     "EvalConfig",
     "LossConfig",

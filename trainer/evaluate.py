@@ -38,14 +38,12 @@ first rows before the model is built (:func:`trainer.data.check_images`).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import time
-from collections import defaultdict
-from dataclasses import dataclass
+from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -56,6 +54,22 @@ from pipeline.contract.families import ALL_FAMILIES
 from pipeline.core.atomic import write_json_atomic
 from pipeline.core.config import to_dict
 from pipeline.core.errors import ConfigError, SourceError
+from trainer.benchmarks import (  # noqa: F401  (the readers, re-exported for callers of this module)
+    FORMATS,
+    Format,
+    Loaded,
+    PairItem,
+    RetrievalSet,
+    TripletItem,
+    WinogroundItem,
+    image_refs,
+    load_aro,
+    load_karpathy,
+    load_sugarcrepe,
+    load_sugarcrepe_pp,
+    load_valse,
+    load_winoground,
+)
 from trainer.config import EvalConfig, eval_config
 from trainer.data import (
     CARD_HINT,
@@ -75,6 +89,7 @@ from trainer.data import (
 from trainer.distributed import DistInfo
 from trainer.loop import amp_dtype, resolve_device
 from trainer.models import build_model
+from trainer.suite import load_suite, read_benchmarks, summarize, write_tables
 
 log = logging.getLogger(__name__)
 
@@ -115,17 +130,19 @@ def family_accuracy(correct: torch.Tensor, family: torch.Tensor, families: Seque
     }
 
 
-def grouped_accuracy(correct: Sequence[bool], groups: Sequence[str]) -> dict[str, Any]:
-    """Micro accuracy, macro accuracy over groups, and each group's accuracy and count."""
+def grouped_accuracy(correct: Sequence[bool], groups: Sequence[str], macro_min_pairs: int = 1) -> dict[str, Any]:
+    """Micro accuracy, macro accuracy over the groups of at least ``macro_min_pairs`` pairs (ARO's
+    VG-Attribution: 25), and each group's accuracy and count."""
     per: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for c, g in zip(correct, groups):
         per[g][0] += int(bool(c))
         per[g][1] += 1
     n = sum(v[1] for v in per.values())
     groups_out = {g: {"accuracy": v[0] / v[1], "pairs": v[1]} for g, v in sorted(per.items())}
+    macro = [x["accuracy"] for x in groups_out.values() if x["pairs"] >= macro_min_pairs]
     return {
         "accuracy": (sum(v[0] for v in per.values()) / n) if n else None,
-        "macro_accuracy": (sum(x["accuracy"] for x in groups_out.values()) / len(groups_out)) if groups_out else None,
+        "macro_accuracy": (sum(macro) / len(macro)) if macro else None,
         "pairs": n,
         "groups": groups_out,
     }
@@ -159,80 +176,6 @@ def retrieval_recall(sim: torch.Tensor, text_to_image: Sequence[int], ks: Sequen
 
 # --------------------------------------------------------------------------------------------
 # benchmark readers
-
-
-@dataclass(frozen=True)
-class PairItem:
-    """One image with a positive and a negative caption; ``group`` names the family/category."""
-
-    image: dict[str, Any]
-    positive: str
-    negative: str
-    group: str
-    crop: tuple[float, float, float, float] | None = None
-
-
-def _read_json(path: str | Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise SourceError(f"cannot read {path}: {e}") from e
-
-
-def load_sugarcrepe(path: str | Path, limit: int | None = None) -> list[PairItem]:
-    data = _read_json(path)
-    entries = list(data.values()) if isinstance(data, dict) else list(data)
-    items = []
-    for i, e in enumerate(entries[:limit] if limit else entries):
-        try:
-            items.append(PairItem({"path": e["filename"]}, e["caption"], e["negative_caption"], Path(path).stem))
-        except (KeyError, TypeError) as err:
-            raise SourceError(f"{path} entry {i}: expected filename, caption, negative_caption ({err})") from err
-    return items
-
-
-def load_aro(path: str | Path, kind: str, limit: int | None = None) -> list[PairItem]:
-    """ARO VG-Relation (``kind='relation'``) or VG-Attribution (``kind='attribution'``)."""
-    data = _read_json(path)
-    if not isinstance(data, list):
-        raise SourceError(f"{path}: expected a JSON list of ARO items")
-    items = []
-    for i, e in enumerate(data[:limit] if limit else data):
-        try:
-            x, y, w, h = (float(e[k]) for k in ("bbox_x", "bbox_y", "bbox_w", "bbox_h"))
-            group = e["relation_name"] if kind == "relation" else "_".join(e["attributes"])
-            items.append(PairItem({"path": e["image_path"]}, e["true_caption"], e["false_caption"], group,
-                                  (x, y, x + w, y + h)))
-        except (KeyError, TypeError, ValueError) as err:
-            raise SourceError(f"{path} item {i}: missing or bad ARO field ({err})") from err
-    return items
-
-
-def load_karpathy(path: str | Path, limit: int | None = None) -> tuple[list[str], list[str], list[int]]:
-    """``(image paths, captions, caption -> image index)`` of the test split."""
-    data = _read_json(path)
-    images: list[str] = []
-    captions: list[str] = []
-    owner: list[int] = []
-    try:
-        if isinstance(data, dict) and "images" in data:
-            entries = [
-                (os.path.join(e.get("filepath", ""), e["filename"]), [s["raw"] for s in e["sentences"]])
-                for e in data["images"]
-                if e.get("split") == "test"
-            ]
-        elif isinstance(data, list):
-            entries = [(e["image"], e["caption"] if isinstance(e["caption"], list) else [e["caption"]]) for e in data]
-        else:
-            raise SourceError(f"{path}: neither a Karpathy dataset_coco.json nor a list of {{image, caption}}")
-    except (KeyError, TypeError) as err:
-        raise SourceError(f"{path}: missing or bad Karpathy field ({err!r})") from err
-    for img, caps in entries[:limit] if limit else entries:
-        images.append(img)
-        for c in caps:
-            captions.append(c)
-            owner.append(len(images) - 1)
-    return images, captions, owner
 
 
 def shard_items(index: ShardIndex, families: Sequence[str], limit: int | None = None) -> list[PairItem]:
@@ -342,8 +285,10 @@ class Encoder:
         return feats, ok
 
 
-def score_pairs(enc: Encoder, items: list[PairItem], root: str | None, desc: str) -> dict[str, Any]:
-    """Encode each distinct image and text once; return grouped pairwise accuracy."""
+def score_pairs(enc: Encoder, items: list[PairItem], root: str | None, desc: str,
+                macro_min_pairs: int = 1) -> dict[str, Any]:
+    """Encode each distinct image and text once; return grouped pairwise accuracy
+    (:func:`grouped_accuracy`)."""
     img_key: dict[tuple, int] = {}
     refs: list[tuple[dict[str, Any], tuple | None]] = []
     for it in items:
@@ -365,9 +310,91 @@ def score_pairs(enc: Encoder, items: list[PairItem], root: str | None, desc: str
         rows.append((i, t_index[it.positive], t_index[it.negative]))
         groups.append(it.group)
     correct = pair_correct(img_f, txt_f, torch.tensor(rows, dtype=torch.long)).tolist() if rows else []
-    out = grouped_accuracy(correct, groups)
+    out = grouped_accuracy(correct, groups, macro_min_pairs)
     out["skipped_pairs"] = skipped
     return out
+
+
+def _image_id(ref: dict[str, Any]) -> Any:
+    """An image reference's identity: its ``key`` (embedded images) or else its path."""
+    return ref.get("key") or ref.get("path")
+
+
+def _distinct_images(refs_of_items: Sequence[dict[str, Any]]) -> tuple[list[tuple[dict[str, Any], None]], dict[Any, int]]:
+    """Each distinct image reference once, and the index of each (:func:`_image_id`)."""
+    index: dict[Any, int] = {}
+    refs: list[tuple[dict[str, Any], None]] = []
+    for ref in refs_of_items:
+        key = _image_id(ref)
+        if key not in index:
+            index[key] = len(refs)
+            refs.append((ref, None))
+    return refs, index
+
+
+def _texts(enc: Encoder, texts: Sequence[str]) -> tuple[torch.Tensor, dict[str, int]]:
+    distinct = sorted(set(texts))
+    return enc.texts(distinct), {t: i for i, t in enumerate(distinct)}
+
+
+def score_triplets(enc: Encoder, items: list[TripletItem], root: str | None, desc: str) -> dict[str, Any]:
+    """SugarCrepe++: image-to-text (``itt``: the image scores both positives strictly above the
+    negative) and text-only (``tot``: the two positives are strictly nearer each other than either is
+    to the negative) accuracy over the items whose image loads."""
+    refs, index = _distinct_images([it.image for it in items])
+    img_f, ok = enc.images(refs, root, desc)
+    txt_f, t = _texts(enc, [x for it in items for x in (it.positive, it.positive2, it.negative)])
+    itt = tot = scored = 0
+    for it in items:
+        i = index[_image_id(it.image)]
+        if not ok[i]:
+            continue
+        p1, p2, n = txt_f[t[it.positive]], txt_f[t[it.positive2]], txt_f[t[it.negative]]
+        im = img_f[i]
+        itt += int(bool(im @ p1 > im @ n) and bool(im @ p2 > im @ n))
+        tot += int(bool(p1 @ p2 > p1 @ n) and bool(p1 @ p2 > p2 @ n))
+        scored += 1
+    return {"itt": itt / scored if scored else None, "tot": tot / scored if scored else None,
+            "items": scored, "skipped_items": len(items) - scored}
+
+
+def score_winoground(enc: Encoder, items: list[WinogroundItem], root: str | None, desc: str) -> dict[str, Any]:
+    """Winoground's three scores over the examples whose two images load: text (each image scores its
+    own caption strictly higher), image (each caption scores its own image strictly higher) and group
+    (both); also per ``collapsed_tag`` group."""
+    refs, index = _distinct_images([im for it in items for im in it.images])
+    img_f, ok = enc.images(refs, root, desc)
+    txt_f, t = _texts(enc, [c for it in items for c in it.captions])
+    total: Counter = Counter()
+    per: dict[str, Counter] = defaultdict(Counter)
+    for it in items:
+        i0, i1 = (index[_image_id(im)] for im in it.images)
+        if not (ok[i0] and ok[i1]):
+            continue
+        c0, c1 = txt_f[t[it.captions[0]]], txt_f[t[it.captions[1]]]
+        # s<i><c>: image i against caption c
+        s00, s01, s10, s11 = (float(img_f[i] @ c) for i, c in ((i0, c0), (i0, c1), (i1, c0), (i1, c1)))
+        text, image = s00 > s01 and s11 > s10, s00 > s10 and s11 > s01
+        hit = {"text": int(text), "image": int(image), "group": int(text and image), "n": 1}
+        total.update(hit)
+        per[it.group].update(hit)
+    n = total["n"]
+    out: dict[str, Any] = {k: total[k] / n if n else None for k in ("text", "image", "group")}
+    out["groups"] = {g: {**{k: c[k] / c["n"] for k in ("text", "image", "group")}, "examples": c["n"]}
+                     for g, c in sorted(per.items())}
+    out.update({"examples": n, "skipped_examples": len(items) - n})
+    return out
+
+
+def score_retrieval(enc: Encoder, rs: RetrievalSet, root: str | None, desc: str) -> dict[str, Any]:
+    """Image->text and text->image R@1/5/10 over the images that load and their captions."""
+    img_f, ok = enc.images([({"path": p}, None) for p in rs.images], root, desc)
+    keep_img = ok.nonzero().squeeze(1)
+    remap = {int(old): new for new, old in enumerate(keep_img.tolist())}
+    keep_txt = [j for j, o in enumerate(rs.owner) if o in remap]
+    txt_f = enc.texts([rs.captions[j] for j in keep_txt])
+    rec = retrieval_recall(img_f[keep_img] @ txt_f.T, [remap[rs.owner[j]] for j in keep_txt]) if len(keep_img) and keep_txt else {}
+    return {**rec, "images": len(keep_img), "captions": len(keep_txt), "skipped_images": len(rs.images) - len(keep_img)}
 
 
 def zeroshot_scores(enc: Encoder, spec: Any, limit: int | None = None) -> dict[str, Any]:
@@ -380,6 +407,82 @@ def zeroshot_scores(enc: Encoder, spec: Any, limit: int | None = None) -> dict[s
     feats, ok = enc.images([({"path": p}, None) for p in zs.images], None, f"zeroshot:{zs.name}")
     weights = zeroshot.classifier_weights(enc.model, enc.tokenizer, zs, enc.device, enc.amp())
     return zeroshot.score(zs, feats, ok, weights)
+
+
+#: how many of a benchmark file's first images are looked for before a model is built
+PROBE_IMAGES = 16
+
+
+def _suite_flag(name: str) -> str:
+    return f"the image_root (or image_roots) of benchmark {name} in the suite"
+
+
+def probe_benchmark(name: str, spec: Any, loaded: dict[str, Loaded]) -> None:
+    """Before a model is built: a file of benchmark ``name`` none of whose first images (given by
+    path) exists under its image root is an :class:`ImagesUnavailable` error naming the file, an
+    image, the root and the setting to change; some missing images are left to the run to count. A
+    file with nothing to score (no record, or every record left out) is a :class:`SourceError`."""
+    for path, ld in loaded.items():
+        n = len(ld.items.images) if isinstance(ld.items, RetrievalSet) else len(ld.items)
+        if not n:
+            raise SourceError(f"benchmark {name} ({path}): nothing to score: it holds no item"
+                              + (f" its reader keeps (left out: {ld.skipped})" if ld.skipped else ""))
+        root = spec.image_roots.get(Path(path).stem, spec.image_root)
+        paths = [r["path"] for r in image_refs(ld.items, PROBE_IMAGES) if r.get("path") and not r.get("bytes")]
+        full = [p if (os.path.isabs(p) or not root) else os.path.join(root, p) for p in paths]
+        if full and not any(os.path.exists(f) for f in full):
+            example = SkipExample("image 0", "missing", paths[0], full[0])
+            raise ImagesUnavailable(unresolved_message(
+                f"benchmark {name} ({path}): none of its first {len(full)} images exists", example, root,
+                _suite_flag(name)))
+
+
+def run_benchmark(enc: Encoder, name: str, spec: Any, limit: int | None, judge: Callable[..., None],
+                  loaded: dict[str, Loaded] | None = None) -> dict[str, Any]:
+    """Score one benchmark of a suite (``spec``: a ``BenchmarkSpec``; ``loaded``: its files as
+    :func:`trainer.suite.read_benchmarks` read them, else read here): per file for formats with one
+    file per category or piece (``files``, keyed by file name), and each of the format's table
+    metrics as the mean over those files. Every file reports the items it read (``items_read``),
+    those its reader left out by reason (``left_out``, e.g. VALSE's ``not_valid``) and those left
+    out for a missing image; ``judge`` fails a file that scores nothing."""
+    from trainer.config import ZeroShotSpec
+
+    fmt = FORMATS[spec.format]
+    flag = _suite_flag(name)
+    read = (lambda path: loaded[path]) if loaded is not None else (lambda path: fmt.read(path, limit))
+    root = spec.image_root
+    if fmt.kind == "zeroshot":
+        z = ZeroShotSpec(name=name, path=spec.files[0], classnames=spec.classnames, templates=spec.templates,
+                         image_root=root)
+        res = zeroshot_scores(enc, z, limit)
+        judge(f"{name} ({z.path})", res, res["images"], res["skipped_images"], "images", None, flag, enc.example)
+        return res
+    if fmt.kind == "retrieval":
+        res = score_retrieval(enc, read(spec.files[0]).items, root, name)
+        if res.get("image_to_text_R@1") is not None:
+            res["mean_R@1"] = (res["image_to_text_R@1"] + res["text_to_image_R@1"]) / 2
+        judge(f"{name} ({spec.files[0]})", res, res["images"], res["skipped_images"], "images", root, flag,
+              enc.example)
+        return res
+    scorers = {"pairs": (score_pairs, "pairs", "skipped_pairs"), "triplets": (score_triplets, "items", "skipped_items"),
+               "winoground": (score_winoground, "examples", "skipped_examples")}
+    score, unit, skipped_key = scorers[fmt.kind]
+    files: dict[str, Any] = {}
+    for path in spec.files:
+        got = read(path)
+        stem = Path(path).stem
+        root = spec.image_roots.get(stem, spec.image_root)
+        extra = {"macro_min_pairs": fmt.macro_min_pairs} if fmt.kind == "pairs" else {}
+        res = score(enc, got.items, root, f"{name}:{stem}", **extra)
+        res["items_read"] = len(got.items) + sum(got.skipped.values())
+        res["left_out"] = dict(got.skipped)
+        judge(f"{name} {stem} ({path})", res, res[unit], res[skipped_key], unit, root, flag, enc.example)
+        files[stem] = res
+    out: dict[str, Any] = {"files": files}
+    for _, key in fmt.columns:
+        vals = [r[key] for r in files.values() if r.get(key) is not None]
+        out[key] = sum(vals) / len(vals) if vals else None
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -561,6 +664,10 @@ def evaluate(config: EvalConfig | dict[str, Any]) -> dict[str, Any]:
     cfg = config if isinstance(config, EvalConfig) else eval_config(config)
     cfg.validate()
     t0 = time.time()
+    suite = load_suite(cfg.suite) if cfg.suite else None  # read before a model is built: a bad file fails at once
+    suite_items = read_benchmarks(suite, cfg.limit) if suite else {}
+    for name, loaded in suite_items.items():
+        probe_benchmark(name, suite[name], loaded)
     shards = None
     if cfg.shards:  # read (and checked) before a model is built, so damaged shards stop the run at once
         families = list(cfg.families) or list(ALL_FAMILIES)
@@ -613,26 +720,16 @@ def evaluate(config: EvalConfig | dict[str, Any]) -> dict[str, Any]:
     for key, path, kind in (("aro_vg_relation", cfg.aro_relation, "relation"),
                             ("aro_vg_attribution", cfg.aro_attribution, "attribution")):
         if path:
-            metrics[key] = score_pairs(enc, load_aro(path, kind, cfg.limit), cfg.aro_image_root, key)
+            metrics[key] = score_pairs(enc, load_aro(path, kind, cfg.limit), cfg.aro_image_root, key,
+                                       FORMATS[f"aro_{kind}"].macro_min_pairs)
             judge(f"{key} ({path})", metrics[key], metrics[key]["pairs"], metrics[key]["skipped_pairs"], "pairs",
                   cfg.aro_image_root, _ROOT_FLAGS["aro"], enc.example)
 
     if cfg.coco_karpathy:
-        images, captions, owner = load_karpathy(cfg.coco_karpathy, cfg.limit)
-        img_f, ok = enc.images([({"path": p}, None) for p in images], cfg.coco_image_root, "coco")
-        keep_img = ok.nonzero().squeeze(1)
-        remap = {int(old): new for new, old in enumerate(keep_img.tolist())}
-        keep_txt = [j for j, o in enumerate(owner) if o in remap]
-        txt_f = enc.texts([captions[j] for j in keep_txt])
-        if len(keep_img) and keep_txt:
-            sim = img_f[keep_img] @ txt_f.T
-            rec = retrieval_recall(sim, [remap[owner[j]] for j in keep_txt])
-        else:
-            rec = {}
-        metrics["coco_retrieval"] = {**rec, "images": len(keep_img), "captions": len(keep_txt),
-                                     "skipped_images": len(images) - len(keep_img)}
-        judge(f"coco_retrieval ({cfg.coco_karpathy})", metrics["coco_retrieval"], len(keep_img),
-              len(images) - len(keep_img), "images", cfg.coco_image_root, _ROOT_FLAGS["coco"], enc.example)
+        metrics["coco_retrieval"] = score_retrieval(enc, RetrievalSet(*load_karpathy(cfg.coco_karpathy, cfg.limit)),
+                                                    cfg.coco_image_root, "coco")
+        res = metrics["coco_retrieval"]
+        judge(f"coco_retrieval ({cfg.coco_karpathy})", res, res["images"], res["skipped_images"], "images", cfg.coco_image_root, _ROOT_FLAGS["coco"], enc.example)
 
     if cfg.zeroshot:
         metrics["zeroshot"] = {}
@@ -641,6 +738,11 @@ def evaluate(config: EvalConfig | dict[str, Any]) -> dict[str, Any]:
             judge(f"zeroshot {z.name} ({z.path})", res, res["images"], res["skipped_images"], "images", None,
                   _ROOT_FLAGS["zeroshot"], enc.example)
 
+    if suite is not None:
+        results = {name: run_benchmark(enc, name, spec, cfg.limit, judge, suite_items.get(name))
+                   for name, spec in suite.items()}
+        metrics["suite"] = summarize(suite, results, str(cfg.suite))
+
     metrics["skipped_images"] = dict(enc.skipped)
     metrics["warnings"] = warnings
     metrics["wall_s"] = round(time.time() - t0, 3)
@@ -648,4 +750,7 @@ def evaluate(config: EvalConfig | dict[str, Any]) -> dict[str, Any]:
         log.warning("skipped images: %s", dict(enc.skipped))
     write_json_atomic(metrics, cfg.out, sort_keys=True)
     log.info("metrics written to %s", cfg.out)
+    if suite is not None:
+        md, table = write_tables(metrics["suite"], cfg.out, cfg.model.pretrained or built.name)
+        log.info("suite table written to %s and %s", md, table)
     return metrics

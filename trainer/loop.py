@@ -55,6 +55,7 @@ from trainer.distributed import (
 )
 from trainer.losses import ce_clip_loss
 from trainer.models import BuiltModel, build_model, save_weights
+from trainer.overlap import check_eval_overlap
 from trainer.runlog import RunLog
 
 log = logging.getLogger(__name__)
@@ -305,6 +306,8 @@ def _setup(cfg: TrainConfig, info: DistInfo, index: ShardIndex, out_dir: Path, d
            dtype: torch.dtype | None) -> Trainer:
     # then the images of the first rows: a root that resolves nothing is an error in seconds
     _check_images_on_every_rank(index, cfg, info, device)
+    if cfg.data.eval_sets:  # every rank checks (the same answer), so a strict refusal stops them all
+        check_eval_overlap(index, cfg.data.eval_sets, cfg.data.strict_eval_overlap, _dataset(cfg), info.is_main)
 
     torch.manual_seed(cfg.seed)
     built = build_model(cfg.model, device)

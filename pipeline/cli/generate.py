@@ -19,7 +19,7 @@ def generate_config_from_args(args: argparse.Namespace) -> GenerateConfig:
         "source.limit": args.limit, "name": args.name, "out": args.out, "workers": args.workers,
         "k": args.k, "seed": args.seed, "families": args.families, "parse.model": args.model,
         "manifest_dir": args.manifest_dir, "engine": args.engine, "ray.address": args.ray_address,
-        "ray.actors": args.actors,
+        "ray.actors": args.actors, "source.exclude_images": args.exclude_images,
     }
     return config_from_args(GenerateConfig, args, flags)
 
@@ -73,6 +73,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--caption-column")
     p.add_argument("--image-column")
     p.add_argument("--limit", type=int, help="read at most this many captions")
+    p.add_argument("--exclude-images", nargs="+", metavar="FILE",
+                   help="evaluation files (SugarCrepe/ARO/VALSE JSON, Winoground jsonl or parquet, a Karpathy split JSON, a "
+                   "text list of names or COCO ids) whose images are left out (source.exclude_images)")
     p.add_argument("--name", help="dataset name (manifest file name)")
     p.add_argument("--out", "-o", help="output folder for the shards, or an fsspec URL (s3://bucket/path)")
     p.add_argument("--manifest-dir", help="folder for <name>.json (default: manifests)")
