@@ -160,3 +160,19 @@ def test_cli_objective_fsc_clip_sets_the_switches_and_keeps_distillation(ds):
     assert (loss.imc, loss.cmr, loss.global_hn, loss.local_hn, loss.distill_ema) == (True, True, False, False, False)
     args = parser.parse_args(["train-curves", "--objective", "fsc-clip"])
     assert args.objective == "fsc-clip"
+
+
+def test_a_checkpoint_written_before_the_fsc_keys_existed_resumes_with_their_defaults():
+    import copy
+
+    from pipeline.core.config import to_dict
+    from trainer.config import train_config
+    from trainer.loop import _changed_settings
+
+    new = to_dict(train_config({"data": {"paths": ["x"]}}))
+    old = copy.deepcopy(new)
+    for key in ("global_hn", "local_hn", "w_global_hn", "distill_ema", "ema_decay"):
+        del old["loss"][key]
+    assert _changed_settings(old, new) == []
+    fsc = to_dict(train_config({"data": {"paths": ["x"]}, "loss": {"global_hn": True}}))
+    assert _changed_settings(old, fsc) == ["loss.global_hn"]

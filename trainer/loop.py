@@ -132,9 +132,12 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _changed_settings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Dotted names of result-affecting settings that differ between a checkpoint and this run."""
+    """Dotted names of result-affecting settings that differ between a checkpoint and this run.
+
+    A setting the checkpoint's config lacks (one added to the trainer since) counts as its default."""
     a, b = _flatten(old), _flatten(new)
-    return sorted(k for k in set(a) | set(b) if k not in _RUN_ONLY and a.get(k) != b.get(k))
+    defaults = _flatten(to_dict(TrainConfig()))
+    return sorted(k for k in set(a) | set(b) if k not in _RUN_ONLY and a.get(k, defaults.get(k)) != b.get(k))
 
 
 def lr_lambda(warmup: int, total: int, schedule: str) -> Callable[[int], float]:

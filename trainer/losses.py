@@ -155,7 +155,7 @@ def calibrated_hn_loss(logits: Tensor, neg_mask: Tensor, gamma: float = 0.0, smo
     logp = torch.where(valid, F.log_softmax(z, dim=1), torch.zeros_like(z))
     n = valid.sum(dim=1, keepdim=True).to(z.dtype)
     q = torch.where(valid, smoothing / n, torch.zeros_like(z))
-    q = q + F.one_hot(torch.zeros_like(rows[rows], dtype=torch.long), z.shape[1]).to(z.dtype) * (1.0 - smoothing)
+    q[:, 0] += 1.0 - smoothing
     if gamma:
         weight = torch.where(valid, (1.0 - logp.exp()).clamp(min=0.0).pow(gamma), torch.zeros_like(z))
         q = q * weight
