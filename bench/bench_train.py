@@ -12,10 +12,19 @@
     The images are 640x480 JPEGs of smooth gradients plus noise (quality 90, ~100 KB, compressing
     like photos) and the target is 224x224, as for ViT-B/32 fine-tuning on COCO.
 
-Timings alternate between the two sides and report medians, so background load hits both alike.
+(c) One full training step (encode, objective, backward, finiteness check, fused AdamW, and for
+    distillation the EMA teacher's forward and update) of each objective on the world's model
+    (``hardneg-tiny-ctx20``, B=128, K=3, about a fifth of the negatives invalid, as in real shards):
+    CLIP (B texts), NegCLIP, CE-CLIP, FSC-CLIP (dense forward + global and local hard-negative
+    terms) and CE-CLIP + ``loss.distill_ema``, printed as ratios to CLIP's step and FSC-CLIP's to
+    CE-CLIP's. Target: FSC-CLIP <= 1.3x CE-CLIP.
+
+Timings alternate between the sides (round-robin in (c)) and report medians, so background load
+hits all alike.
 
     python bench/bench_train.py                 # defaults used for the docs/benchmarks.md figures
     python bench/bench_train.py --threads 2 --batch-size 64
+    python bench/bench_train.py --only objectives --obj-repeats 12
 """
 
 from __future__ import annotations
@@ -125,6 +134,89 @@ def bench_step(batch_size: int, k: int, repeats: int) -> dict:
     }
 
 
+OBJECTIVE_RUNS = ("clip", "negclip", "ce-clip", "fsc-clip", "ce-clip+distill")
+
+
+def bench_objectives(model_name: str, batch_size: int, k: int, repeats: int) -> dict:
+    from trainer.config import OBJECTIVES, LossConfig, ModelConfig
+    from trainer.data import ImageSpec
+    from trainer.loop import (
+        all_finite,
+        ema_update,
+        encode_batch,
+        encode_batch_dense,
+        global_losses,
+        make_teacher,
+        teacher_features,
+    )
+    from trainer.models import DenseForward, build_model
+
+    torch.manual_seed(0)
+    built = build_model(ModelConfig(name=model_name, pretrained=None))
+    model, tok = built.model, built.tokenizer
+    spec = ImageSpec.from_preprocess(built.preprocess)
+    dense = DenseForward.wrap(model, model_name)
+    teacher = make_teacher(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)
+    b = batch_size
+    words = ["red", "blue", "green", "small", "large", "dog", "cat", "table", "on", "under", "next", "to"]
+    rng = np.random.default_rng(0)
+    caps = [" ".join(["a"] + list(rng.choice(words, 8))) for _ in range(b * (1 + k))]
+    tokens = tok(caps)
+    mask = torch.from_numpy(rng.random((b, k)) < 0.8)
+    batch = {
+        "images": torch.randint(0, 256, (b, 3, spec.height, spec.width), dtype=torch.uint8),
+        "text": tokens[:b],
+        "neg_text": tokens[b:].view(b, k, -1),
+        "neg_mask": mask,
+    }
+    dev = torch.device("cpu")
+
+    def loss_cfg(name: str) -> LossConfig:
+        base = name.split("+")[0]
+        keys = {key.split(".", 1)[1]: v for key, v in OBJECTIVES[base].items()}
+        return LossConfig(**keys, distill_ema=name.endswith("+distill"))
+
+    def make_step(name: str):
+        cfg = loss_cfg(name)
+
+        def step() -> None:
+            local = None
+            if cfg.local_hn:
+                img, txt, negs, m, scale, local = encode_batch_dense(dense, batch, spec, dev)
+            else:
+                img, txt, negs, m, scale = encode_batch(model, batch, spec, dev, cfg.needs_negatives)
+            t = teacher_features(teacher, batch, spec, dev) if cfg.distill_ema else None
+            out = global_losses(img, txt, negs, m, scale, cfg, local, t)
+            opt.zero_grad(set_to_none=True)
+            out["total"].backward()
+            all_finite(out["total"], model.parameters())
+            opt.step()
+            if cfg.distill_ema:
+                ema_update(teacher, model, cfg.ema_decay)
+
+        return step
+
+    steps = {n: make_step(n) for n in OBJECTIVE_RUNS}
+    for f in steps.values():  # warm-up
+        f()
+    times: dict[str, list[float]] = {n: [] for n in OBJECTIVE_RUNS}
+    for r in range(repeats):
+        order = OBJECTIVE_RUNS[r % len(OBJECTIVE_RUNS):] + OBJECTIVE_RUNS[:r % len(OBJECTIVE_RUNS)]
+        for n in order:
+            t = time.perf_counter()
+            steps[n]()
+            times[n].append(time.perf_counter() - t)
+    med = {n: statistics.median(v) for n, v in times.items()}
+    return {
+        "model": model_name, "batch_size": b, "negatives_per_caption": k, "valid_negatives": int(mask.sum()),
+        "repeats": repeats, "ms": {n: 1000 * v for n, v in med.items()},
+        "ratio_to_clip": {n: v / med["clip"] for n, v in med.items()},
+        "fsc_to_ceclip": med["fsc-clip"] / med["ce-clip"],
+        "distill_to_ceclip": med["ce-clip+distill"] / med["ce-clip"],
+    }
+
+
 def _photo_jpeg(rng: np.random.Generator, w: int = 640, h: int = 480) -> bytes:
     from PIL import Image
 
@@ -229,10 +321,37 @@ def main() -> None:
     ap.add_argument("--passes", type=int, default=3, help="timed passes per side for (b)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in the main process")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--only", choices=["step", "loader", "objectives"], help="run one part only")
+    ap.add_argument("--obj-model", default="hardneg-tiny-ctx20", help="model for (c)")
+    ap.add_argument("--obj-batch-size", type=int, default=128, help="batch size for (c)")
+    ap.add_argument("--obj-repeats", type=int, default=10, help="timed steps per objective for (c)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     print(f"torch {torch.__version__}, {args.threads} thread(s), CPU")
+    results: dict = {}
+    if args.only in (None, "step"):
+        results["step"] = _print_step(args)
+    if args.only in (None, "loader"):
+        results["loader"] = _print_loader(args)
+    if args.only in (None, "objectives"):
+        results["objectives"] = _print_objectives(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+def _print_objectives(args: argparse.Namespace) -> dict:
+    r = bench_objectives(args.obj_model, args.obj_batch_size, args.k, args.obj_repeats)
+    print(f"\n(c) one training step per objective, {r['model']}, B={r['batch_size']}, K={r['negatives_per_caption']} "
+          f"({r['valid_negatives']} valid negatives), medians of {r['repeats']} round-robin steps")
+    for n in OBJECTIVE_RUNS:
+        print(f"    {n:16s}: {r['ms'][n]:8.1f} ms   {r['ratio_to_clip'][n]:5.2f}x CLIP")
+    print(f"    FSC-CLIP / CE-CLIP          : {r['fsc_to_ceclip']:.3f}   (target <= 1.3)")
+    print(f"    CE-CLIP + distill / CE-CLIP : {r['distill_to_ceclip']:.3f}")
+    return r
+
+
+def _print_step(args: argparse.Namespace) -> dict:
     step = bench_step(args.batch_size, args.k, args.repeats)
     print(f"\n(a) training step, hardneg-tiny, B={step['batch_size']}, K={step['negatives_per_caption']}, "
           f"{step['texts']} texts")
@@ -241,7 +360,10 @@ def main() -> None:
     print(f"    ratio                                   : {step['ratio']:8.3f}   (target <= 1.05)")
     print(f"    losses alone fwd+bwd: CE-CLIP {step['ce_clip_losses_fwd_bwd_ms']:.2f} ms, "
           f"ClipLoss x{1 + args.k} {step['clip_loss_fwd_bwd_ms']:.2f} ms")
+    return step
 
+
+def _print_loader(args: argparse.Namespace) -> list:
     tmp = Path(tempfile.mkdtemp(prefix="hardneg-bench-"))
     try:
         make_images(tmp, args.images)
@@ -254,8 +376,7 @@ def main() -> None:
                   f"{r['naive_samples_s']:7.1f} samples/s, speedup {r['speedup']:.2f}x   (target >= 1.5x)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"step": step, "loader": loaders}, indent=2))
+    return loaders
 
 
 if __name__ == "__main__":

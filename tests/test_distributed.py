@@ -1,4 +1,5 @@
-"""DDP with gloo on the CPU: two ``torchrun`` ranks give the loss and gradients of one process.
+"""DDP with gloo on the CPU: two ``torchrun`` ranks give the loss and gradients of one process
+(CE-CLIP, and FSC-CLIP with its locally computed, gathered token-to-patch scores).
 
 The ranks hold 3 and 5 samples of the same 8-sample global batch (uneven on purpose: a skipped
 image makes local batches differ), so the gather must pad and trim.
@@ -16,12 +17,13 @@ import pytest
 import torch
 from support.shards import FAMILIES, global_batch, shapes_dataset
 
-from trainer.config import LossConfig, ModelConfig
+from trainer.config import OBJECTIVES, LossConfig, ModelConfig
 from trainer.data import ImageSpec
-from trainer.loop import encode_batch, global_losses
-from trainer.models import build_model
+from trainer.loop import encode_batch, encode_batch_dense, global_losses
+from trainer.models import DenseForward, build_model
 
 ROOT = Path(__file__).resolve().parents[1]
+FSC = LossConfig(**{k.split(".", 1)[1]: v for k, v in OBJECTIVES["fsc-clip"].items()})
 
 RANK_SCRIPT = r"""
 import json, sys, torch
@@ -49,11 +51,30 @@ grads = {{n: p.grad.clone() for n, p in built.model.named_parameters()}}
 torch.save({{"loss": out["total"].detach(), "thresholds": out["thresholds"], "gaps": out["gaps"],
             "global_batch": out["global_batch"], "grads": grads}}, {out!r} + f"/rank{{info.rank}}.pt")
 
+# FSC-CLIP on a second copy of the same initial model (no DDP: the gather's backward alone)
+from trainer.config import OBJECTIVES
+from trainer.loop import encode_batch_dense
+from trainer.models import DenseForward
+fsc = LossConfig(**{{k.split(".", 1)[1]: v for k, v in OBJECTIVES["fsc-clip"].items()}})
+torch.manual_seed(0)
+copy = build_model(ModelConfig(name="hardneg-tiny", pretrained=None))
+feats = encode_batch_dense(DenseForward.wrap(copy.model, "hardneg-tiny"), local, spec, torch.device("cpu"))
+fout = global_losses(*feats[:5], fsc, feats[5])
+fout["total"].backward()
+torch.save({{"loss": fout["total"].detach(), "local_hn": fout["local_hn"],
+            "grads": {{n: p.grad.clone() for n, p in copy.model.named_parameters()}}}},
+           {out!r} + f"/fsc{{info.rank}}.pt")
+
 # the whole loop under DDP: 8 steps of 2 x 4 samples, crossing an epoch boundary (6 steps/epoch)
 cfg = json.loads({cfg!r})
 res = train(cfg)
 if info.rank == 0:
     json.dump(res, open({out!r} + "/train.json", "w"))
+# and FSC-CLIP with EMA self-distillation: DDP around the dense forward, a teacher on every rank
+res = train({{**cfg, "output_dir": cfg["output_dir"] + "_fsc",
+             "loss": {{**fsc.__dict__, "distill_ema": True, "ema_decay": 0.5}}}})
+if info.rank == 0:
+    json.dump(res, open({out!r} + "/train_fsc.json", "w"))
 """
 
 
@@ -97,6 +118,24 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
             assert torch.allclose(got["grads"][name], p.grad, rtol=1e-4, atol=1e-6), name
     # the masked relation_swap slots of samples 0, 3, 6 never reach the loss
     assert ref["valid"].tolist() == [5, 8, 6]
+
+    # FSC-CLIP: every rank computes the global loss; the ranks' gradients sum to twice the one-process one
+    torch.manual_seed(0)
+    copy = build_model(ModelConfig(name="hardneg-tiny", pretrained=None))
+    feats = encode_batch_dense(DenseForward.wrap(copy.model, "hardneg-tiny"), batch, spec, torch.device("cpu"))
+    fref = global_losses(*feats[:5], FSC, feats[5])
+    fref["total"].backward()
+    franks = [torch.load(tmp_path / f"fsc{r}.pt", weights_only=True) for r in (0, 1)]
+    for got in franks:
+        assert got["loss"].item() == pytest.approx(fref["total"].item(), rel=1e-6)
+        assert got["local_hn"].item() == pytest.approx(fref["local_hn"].item(), rel=1e-6)
+    for name, p in copy.model.named_parameters():
+        summed = (franks[0]["grads"][name] + franks[1]["grads"][name]) / 2
+        assert torch.allclose(summed, p.grad, rtol=1e-4, atol=1e-6), name
+    fsc_res = json.loads((tmp_path / "train_fsc.json").read_text())
+    assert fsc_res["steps"] == 8 and fsc_res["world_size"] == 2
+    fsc_rows = [json.loads(x) for x in (tmp_path / "run_fsc" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["local_hn"] > 0 and r["global_hn"] > 0 and r["distill"] is not None for r in fsc_rows)
 
     res = json.loads((tmp_path / "train.json").read_text())
     assert res["world_size"] == 2 and res["steps"] == 8 and res["samples_seen"] == 64

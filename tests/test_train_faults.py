@@ -287,7 +287,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(ds, reference, tmp_pat
         assert not (d / "step_00000006.pt").exists()
     # a rerun resumes from the intact checkpoint and ends where the uninterrupted run ended
     res = loop.train(run_cfg(ds, out))
-    assert res["steps"] == 12
+    assert res["steps"] == 12 and res["resumed_from_step"] == 5  # continued there, not started over
     assert_same_weights(weights(reference / "final" / "open_clip_pytorch_model.bin"),
                         weights(out / "final" / "open_clip_pytorch_model.bin"))
 
@@ -383,6 +383,7 @@ def test_a_lost_rank_restarts_under_torchrun_and_reaches_the_uninterrupted_weigh
     res = json.loads((out / "result.json").read_text())
     # rank 1 died after step 5 of the first attempt; the restart resumed from the checkpoint of step 4
     assert res["attempt"] == 1 and res["steps"] == 8 and res["world_size"] == 2
+    assert res["resumed_from_step"] == 4  # the restart continued from that checkpoint, not from scratch
     assert res["skipped_nonfinite"] == 1  # step 3, skipped by both ranks (it is in the checkpoint)
     assert_same_weights(weights(ref / "final" / "open_clip_pytorch_model.bin"),
                         weights(out / "final" / "open_clip_pytorch_model.bin"))

@@ -239,6 +239,7 @@ def test_more_missing_images_than_the_share_allows_stop_the_run_naming_the_last_
         (root / "images" / f"img_{i:05d}.png").write_bytes(shape_image("red", "circle"))
     res = loop.train(cfg)
     assert res["steps"] == 12 and res["skipped_images"]["missing"] == 2  # counted before the stop, kept
+    assert res["resumed_from_step"] == 4
 
 
 def test_a_run_that_trains_no_step_fails_without_weights(tmp_path):

@@ -187,6 +187,9 @@ def test_kill_and_resume_gives_identical_weights(ds, reference_run, tmp_path):
     assert logged == list(range(1, 18))
 
     res = train(cfg)  # resume=auto picks up step 15: epoch 2, batch 3 of 6
+    assert res["resumed_from_step"] == 15  # it continued from the checkpoint, it did not start over
+    assert json.loads((out / "train_results.json").read_text())["resumed_from_step"] == 15
+    assert ref_res["resumed_from_step"] is None
     assert res["steps"] == 20 and res["samples_seen"] == ref_res["samples_seen"]
     ref = torch.load(ref_out / "final" / "open_clip_pytorch_model.bin", weights_only=True)
     got = torch.load(out / "final" / "open_clip_pytorch_model.bin", weights_only=True)
@@ -303,7 +306,7 @@ def test_auto_resume_refuses_a_run_with_other_settings(ds, tmp_path):
     res = train(run_cfg(ds, out, data={"paths": [str(ds)], "families": FAMILIES, "batch_size": 8, "workers": 0,
                                        "shuffle_buffer": 24}, checkpoint_every=2,
                         optim={"lr": 1e-3, "warmup_steps": 3, "max_steps": 4}))
-    assert res["steps"] == 4  # resumed at the end: nothing left to do
+    assert res["steps"] == 4 and res["resumed_from_step"] == 4  # resumed at the end: nothing left to do
 
 
 def test_starting_over_sets_the_old_checkpoints_aside(ds, tmp_path):

@@ -196,3 +196,10 @@ def test_the_recipes_configure_recognition_and_the_sweep(params):
     else:
         assert names == ["imagenet"] and ev.zeroshot[0].classnames == "imagenet"
         assert sweep.model.pretrained == p["train"]["model"]["pretrained"] == "openai"
+        # the FSC-CLIP recipe: the same model and data as CE-CLIP's, FSC-CLIP's switches and weights
+        from trainer.config import OBJECTIVES, train_config
+
+        fsc = train_config(p["train_fscclip"])
+        assert fsc.model == train_config(p["train"]).model and fsc.data == train_config(p["train"]).data
+        assert all(getattr(fsc.loss, k.split(".", 1)[1]) == v for k, v in OBJECTIVES["fsc-clip"].items())
+        assert (fsc.loss.w_global_hn, fsc.loss.w_local_hn, fsc.optim.epochs) == (0.5, 0.2, 5)

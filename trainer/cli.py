@@ -117,10 +117,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _register_train_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
-        help="fine-tune an open_clip model on negative shards with the CE-CLIP losses",
+        help="fine-tune an open_clip model on negative shards with the CE-CLIP (or FSC-CLIP) losses",
         description="Stream negative shards into an open_clip model and train it with contrastive + "
-        "hard-negative, intra-modal (IMC) and cross-modal rank (CMR) losses. Multi-GPU: "
-        "torchrun --nproc_per_node N --no-python hardneg train ...",
+        "hard-negative, intra-modal (IMC) and cross-modal rank (CMR) losses (--objective ce-clip), or "
+        "FSC-CLIP's global and local hard-negative losses (--objective fsc-clip); --set loss.distill_ema=true "
+        "adds EMA self-distillation. Multi-GPU: torchrun --nproc_per_node N --no-python hardneg train ...",
     )
     _model_args(p)
     g = p.add_argument_group("data")
@@ -219,7 +220,7 @@ def _register_curves(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="YAML file (e.g. params.yaml)")
     p.add_argument("--section", default="train", help="training section of --config (default: train)")
     p.add_argument("--curves-section", default="curves", help="curve section of --config (default: curves)")
-    p.add_argument("--objective", choices=sorted(OBJECTIVES), help="loss preset: clip, negclip, ce-clip")
+    p.add_argument("--objective", choices=sorted(OBJECTIVES), help="loss preset: clip, negclip, ce-clip, fsc-clip")
     p.add_argument("--output-dir", "-o", help="run folder")
     p.add_argument("--threads", type=int, help="torch threads for this process (1 suits tiny models)")
     p.add_argument("--no-progress", action="store_true")

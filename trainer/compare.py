@@ -310,6 +310,9 @@ def render_markdown(doc: dict[str, Any], curves: list[dict[str, str]], runs_cfg:
         c = runs_cfg.get(n, {})
         loss = c.get("loss", {})
         obj = " / ".join("on" if loss.get(k) else "off" for k in ("hard_negatives", "imc", "cmr"))
+        extra = [label for k, label in (("global_hn", "global HN"), ("local_hn", "local HN"),
+                                        ("distill_ema", "EMA distillation")) if loss.get(k)]
+        obj += "".join(f" + {e}" for e in extra)  # FSC-CLIP's terms, self-distillation
         add(f"| {n} | {obj} | {', '.join(c.get('data', {}).get('families', []))} | "
             f"{c.get('data', {}).get('batch_size', '')} | {c.get('optim', {}).get('lr', '')} | "
             f"{doc['train_seconds'].get(n, '')} |")

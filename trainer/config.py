@@ -102,10 +102,12 @@ class DataConfig:
 
 @dataclass
 class LossConfig:
-    """Which terms of the CE-CLIP objective are on, and their weights.
+    """Which loss terms are on, and their weights.
 
     Plain CLIP: ``hard_negatives=false, imc=false, cmr=false``; NegCLIP: ``imc=false, cmr=false``;
-    CE-CLIP: everything on (the default).
+    CE-CLIP: ``hard_negatives, imc, cmr`` on (the default); FSC-CLIP: ``hard_negatives, imc, cmr``
+    off and ``global_hn, local_hn`` on (see ``OBJECTIVES``). ``distill_ema`` adds EMA
+    self-distillation to any of them.
     """
 
     contrastive: bool = True
@@ -121,18 +123,44 @@ class LossConfig:
     fixed_threshold: float = 0.0
     #: thresholds are clamped to [0, upper_bound] (in logit units, i.e. already times the scale)
     upper_bound: float = 10.0
+    #: FSC-CLIP's global hard-negative loss: per image, a (1+N)-way softmax over its caption and
+    #: that caption's valid negatives (pooled features)
+    global_hn: bool = False
+    #: FSC-CLIP's local hard-negative loss: the same (1+N)-way loss on token-to-patch scores
+    #: (ViT image towers with open_clip's built-in text tower only)
+    local_hn: bool = False
+    w_global_hn: float = 0.5
+    w_local_hn: float = 0.2
+    #: focal weighting (1 - p)^gamma of the hard-negative terms; 0 = plain cross-entropy
+    focal_gamma: float = 2.0
+    #: label smoothing of the hard-negative terms, spread evenly over the caption and its valid negatives
+    hn_label_smoothing: float = 0.02
+    #: self-distillation towards an exponential moving average of the model's own weights (any objective)
+    distill_ema: bool = False
+    #: teacher <- decay * teacher + (1 - decay) * model after every update
+    ema_decay: float = 0.999
+    #: weight of the distillation term: mean squared distance between the model's and the teacher's
+    #: unit image and caption features
+    w_distill: float = 1.0
 
     def validate(self) -> None:
         if self.threshold not in THRESHOLD_POLICIES:
             raise ConfigError(f"loss.threshold must be one of {list(THRESHOLD_POLICIES)}, got {self.threshold!r}")
         if self.upper_bound < 0:
             raise ConfigError(f"loss.upper_bound must be >= 0, got {self.upper_bound}")
-        if not (self.contrastive or self.imc or self.cmr):
-            raise ConfigError("every loss term is switched off; enable contrastive, imc or cmr")
+        if not (self.contrastive or self.imc or self.cmr or self.global_hn or self.local_hn):
+            raise ConfigError("every loss term is switched off; enable contrastive, imc, cmr, global_hn or local_hn")
+        for key in ("w_global_hn", "w_local_hn", "focal_gamma", "w_distill"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"loss.{key} must be >= 0, got {getattr(self, key)}")
+        if not 0.0 <= self.hn_label_smoothing < 1.0:
+            raise ConfigError(f"loss.hn_label_smoothing must lie in [0, 1), got {self.hn_label_smoothing}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"loss.ema_decay must lie in [0, 1), got {self.ema_decay}")
 
     @property
     def needs_negatives(self) -> bool:
-        return (self.contrastive and self.hard_negatives) or self.imc or self.cmr
+        return (self.contrastive and self.hard_negatives) or self.imc or self.cmr or self.global_hn or self.local_hn
 
 
 @dataclass
@@ -323,9 +351,13 @@ __all__ = [
 ]
 
 
-#: ``--objective`` presets: each is a set of loss switches
+_NO_FSC = {"loss.global_hn": False, "loss.local_hn": False}
+#: ``--objective`` presets: each is a set of loss switches (``loss.distill_ema`` stays as configured)
 OBJECTIVES: dict[str, dict[str, Any]] = {
-    "clip": {"loss.hard_negatives": False, "loss.imc": False, "loss.cmr": False},
-    "negclip": {"loss.hard_negatives": True, "loss.imc": False, "loss.cmr": False},
-    "ce-clip": {"loss.hard_negatives": True, "loss.imc": True, "loss.cmr": True},
+    "clip": {"loss.hard_negatives": False, "loss.imc": False, "loss.cmr": False, **_NO_FSC},
+    "negclip": {"loss.hard_negatives": True, "loss.imc": False, "loss.cmr": False, **_NO_FSC},
+    "ce-clip": {"loss.hard_negatives": True, "loss.imc": True, "loss.cmr": True, **_NO_FSC},
+    # Oh et al., EMNLP 2024: the batch contrastive loss on real pairs only, negatives in separate terms
+    "fsc-clip": {"loss.hard_negatives": False, "loss.imc": False, "loss.cmr": False,
+                 "loss.global_hn": True, "loss.local_hn": True},
 }

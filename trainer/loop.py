@@ -1,9 +1,16 @@
 """``train(config) -> results``: the CE-CLIP fine-tuning loop on one process, ``torchrun`` DDP or CPU.
 
 One step: encode the images and, in one text batch, the positives plus only the *valid* negatives
-(invalid ones are never encoded); gather features across ranks with gradients; compute the CE-CLIP
-objective on the global batch; AdamW with warmup + cosine. Mixed precision is autocast on the GPU
-(bf16, or fp16 with a GradScaler); the CPU runs fp32.
+(invalid ones are never encoded); gather features across ranks with gradients; compute the objective
+(``trainer.losses``) on the global batch; AdamW with warmup + cosine. Mixed precision is autocast on
+the GPU (bf16, or fp16 with a GradScaler); the CPU runs fp32.
+
+FSC-CLIP's local loss runs the model through :class:`trainer.models.DenseForward` (the same
+parameters, one forward that also returns patch and token embeddings); each rank scores its own
+captions against its own images and the ``(B, 1+K)`` scores are gathered like the features. With
+``loss.distill_ema`` an EMA teacher (a frozen copy of the model, updated after every update the
+model makes) encodes the same images and captions; its weights are part of every checkpoint, so a
+resumed run continues with the teacher it had.
 
 A run is a :class:`Trainer` (what it is made of: model, optimizer, data stream) and a
 :class:`TrainState` (what changes from step to step: position, counters, the last checkpoint);
@@ -15,6 +22,7 @@ loss, a lost rank, a failed checkpoint write) is written up in docs/training.md.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import time
@@ -53,8 +61,8 @@ from trainer.distributed import (
     gather_with_grad,
     init_distributed,
 )
-from trainer.losses import ce_clip_loss
-from trainer.models import BuiltModel, build_model, save_weights
+from trainer.losses import ce_clip_loss, local_hn_logits
+from trainer.models import BuiltModel, DenseForward, build_model, save_weights
 from trainer.overlap import check_eval_overlap
 from trainer.runlog import RunLog
 
@@ -125,9 +133,12 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _changed_settings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Dotted names of result-affecting settings that differ between a checkpoint and this run."""
+    """Dotted names of result-affecting settings that differ between a checkpoint and this run.
+
+    A setting the checkpoint's config lacks (one added to the trainer since) counts as its default."""
     a, b = _flatten(old), _flatten(new)
-    return sorted(k for k in set(a) | set(b) if k not in _RUN_ONLY and a.get(k) != b.get(k))
+    defaults = _flatten(to_dict(TrainConfig()))
+    return sorted(k for k in set(a) | set(b) if k not in _RUN_ONLY and a.get(k, defaults.get(k)) != b.get(k))
 
 
 def lr_lambda(warmup: int, total: int, schedule: str) -> Callable[[int], float]:
@@ -144,6 +155,43 @@ def lr_lambda(warmup: int, total: int, schedule: str) -> Callable[[int], float]:
     return f
 
 
+def _forward(
+    model: torch.nn.Module,
+    batch: dict[str, Any],
+    spec: ImageSpec,
+    device: torch.device,
+    use_negatives: bool,
+    autocast_dtype: torch.dtype | None,
+) -> tuple[Any, torch.Tensor, torch.Tensor | None, int]:
+    """One forward of the images and, in one text batch, the positives plus the valid negatives:
+    ``(model output, the token ids encoded, mask or None, B)``."""
+    images = normalize_images(batch["images"].to(device, non_blocking=True), spec)
+    text = batch["text"].to(device, non_blocking=True)
+    b = text.shape[0]
+    mask = None
+    tokens = text
+    if use_negatives and batch["neg_mask"].shape[1] > 0:
+        mask = batch["neg_mask"].to(device, non_blocking=True)
+        tokens = torch.cat([text, batch["neg_text"].to(device, non_blocking=True)[mask]], dim=0)
+    ctx = torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+    with ctx:
+        out = model(images, tokens)
+    return out, tokens, mask, b
+
+
+def _features(
+    out: Any, mask: torch.Tensor | None, b: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+    img_f, txt_f, scale = out[0].float(), out[1].float(), out[2].float()
+    negatives = None
+    if mask is not None:
+        k = mask.shape[1]
+        where = mask.reshape(-1).nonzero().squeeze(1)
+        flat = txt_f.new_zeros((b * k, txt_f.shape[1])).index_copy(0, where, txt_f[b:])
+        negatives = flat.view(b, k, -1)
+    return img_f, txt_f[:b], negatives, mask, scale
+
+
 def encode_batch(
     model: torch.nn.Module,
     batch: dict[str, Any],
@@ -157,25 +205,60 @@ def encode_batch(
     Positives and valid negatives share one text forward; invalid negatives are not encoded and
     their rows of ``negatives`` stay zero (the losses never read them).
     """
-    images = normalize_images(batch["images"].to(device, non_blocking=True), spec)
-    text = batch["text"].to(device, non_blocking=True)
-    b = text.shape[0]
-    mask = None
-    tokens = text
-    if use_negatives and batch["neg_mask"].shape[1] > 0:
-        mask = batch["neg_mask"].to(device, non_blocking=True)
-        tokens = torch.cat([text, batch["neg_text"].to(device, non_blocking=True)[mask]], dim=0)
-    ctx = torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
-    with ctx:
-        out = model(images, tokens)
-    img_f, txt_f, scale = out[0].float(), out[1].float(), out[2].float()
-    negatives = None
-    if mask is not None:
-        k = mask.shape[1]
-        where = mask.reshape(-1).nonzero().squeeze(1)
-        flat = txt_f.new_zeros((b * k, txt_f.shape[1])).index_copy(0, where, txt_f[b:])
-        negatives = flat.view(b, k, -1)
-    return img_f, txt_f[:b], negatives, mask, scale
+    out, _, mask, b = _forward(model, batch, spec, device, use_negatives, autocast_dtype)
+    return _features(out, mask, b)
+
+
+#: the token id open_clip's tokenizer pads with; every other position is a real token
+PAD_TOKEN = 0
+
+
+def encode_batch_dense(
+    model: torch.nn.Module,
+    batch: dict[str, Any],
+    spec: ImageSpec,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """:func:`encode_batch` through a :class:`~trainer.models.DenseForward` model, plus FSC-CLIP's
+    local scores ``(B, 1+K)`` of each caption and its valid negatives with the caption's image."""
+    out, tokens, mask, b = _forward(model, batch, spec, device, True, autocast_dtype)
+    img_f, txt_f, negatives, mask, scale = _features(out, mask, b)
+    if mask is None:
+        mask = torch.zeros((b, 0), dtype=torch.bool, device=img_f.device)
+    local = local_hn_logits(out[3].float(), out[4].float(), tokens != PAD_TOKEN, mask, scale)
+    return img_f, txt_f, negatives, mask, scale, local
+
+
+def teacher_features(
+    teacher: torch.nn.Module,
+    batch: dict[str, Any],
+    spec: ImageSpec,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The EMA teacher's unit image and caption features (no graph) for the batch's positives."""
+    with torch.no_grad():
+        out, _, _, _ = _forward(teacher, batch, spec, device, False, autocast_dtype)
+    return out[0].float(), out[1].float()
+
+
+@torch.no_grad()
+def ema_update(teacher: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """``teacher <- decay * teacher + (1 - decay) * model`` for every parameter; buffers (masks such
+    as the text tower's causal mask, which holds infinities) are copied."""
+    t_params = list(teacher.parameters())
+    m_params = [p.detach() for p in model.parameters()]
+    torch._foreach_lerp_(t_params, m_params, 1.0 - decay)
+    for tb, mb in zip(teacher.buffers(), model.buffers()):
+        tb.copy_(mb)
+
+
+def make_teacher(model: torch.nn.Module) -> torch.nn.Module:
+    """A frozen copy of ``model`` in eval mode: the EMA teacher's starting point."""
+    teacher = copy.deepcopy(model)
+    teacher.requires_grad_(False)
+    return teacher.eval()
 
 
 def global_losses(
@@ -185,8 +268,13 @@ def global_losses(
     mask: torch.Tensor | None,
     scale: torch.Tensor,
     loss_cfg: LossConfig,
+    local_logits: torch.Tensor | None = None,
+    teacher: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
-    """Gather features from every rank (with gradients) and compute the objective on the global batch."""
+    """Gather features from every rank (with gradients) and compute the objective on the global batch.
+
+    ``local_logits`` (FSC-CLIP's local scores) are gathered with gradients, ``teacher`` (the EMA
+    teacher's features) without."""
     if negatives is not None:
         packed = torch.cat([img_f[:, None], txt_f[:, None], negatives], dim=1)
         packed = gather_with_grad(packed)
@@ -195,7 +283,12 @@ def global_losses(
     else:
         packed = gather_with_grad(torch.stack([img_f, txt_f], dim=1))
         img_g, txt_g, neg_g, mask_g = packed[:, 0], packed[:, 1], None, None
-    out = ce_clip_loss(img_g, txt_g, neg_g, mask_g, scale, loss_cfg)
+    local_g = gather_with_grad(local_logits) if local_logits is not None else None
+    teacher_g = None
+    if teacher is not None:
+        t = gather_no_grad(torch.stack(teacher, dim=1))
+        teacher_g = (t[:, 0], t[:, 1])
+    out = ce_clip_loss(img_g, txt_g, neg_g, mask_g, scale, loss_cfg, local_g, teacher_g)
     out["global_batch"] = img_g.shape[0]
     return out
 
@@ -232,6 +325,8 @@ class TrainState:
     last_checkpoint: Path | None = None
     #: the latest image this process could not use, for messages
     skip_example: SkipExample | None = None
+    #: the step of the checkpoint this process resumed from; None for a fresh start
+    resumed_from_step: int | None = None
 
     def checkpoint_fields(self) -> dict[str, Any]:
         return {
@@ -277,8 +372,13 @@ class Trainer:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
-    #: the model the steps run (DDP-wrapped under torchrun; see :func:`wrap_ddp`)
+    #: the model the steps run (DDP-wrapped under torchrun; see :func:`wrap_ddp`); a
+    #: :class:`~trainer.models.DenseForward` around the model when the local loss is on
     ddp_model: torch.nn.Module
+    #: FSC-CLIP's local loss is on: steps encode through the dense forward
+    local_hn: bool = False
+    #: the EMA teacher (``loss.distill_ema``), else None
+    teacher: torch.nn.Module | None = None
 
     @property
     def model(self) -> torch.nn.Module:
@@ -345,8 +445,12 @@ def _setup(cfg: TrainConfig, info: DistInfo, index: ShardIndex, out_dir: Path, d
     )
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     missing_budget = math.floor(cfg.data.max_missing_fraction * index.num_rows)
+    local = cfg.loss.local_hn and use_negs
+    forward = DenseForward.wrap(built.model, built.name) if local else built.model
+    teacher = make_teacher(built.model) if cfg.loss.distill_ema else None
     return Trainer(cfg, info, out_dir, device, dtype, built, spec, families, use_negs, stream, missing_budget,
-                   steps_per_epoch, total_steps, optimizer, scheduler, scaler, ddp_model=built.model)
+                   steps_per_epoch, total_steps, optimizer, scheduler, scaler, ddp_model=forward, local_hn=local,
+                   teacher=teacher)
 
 
 #: the setting that names the image root, as the errors about images say it
@@ -375,7 +479,7 @@ def wrap_ddp(tr: Trainer) -> None:
     """Under torchrun, run the steps through DistributedDataParallel (after a resume has loaded the weights)."""
     if tr.info.enabled:
         tr.ddp_model = torch.nn.parallel.DistributedDataParallel(
-            tr.model, device_ids=[tr.device.index] if tr.device.type == "cuda" else None
+            tr.ddp_model, device_ids=[tr.device.index] if tr.device.type == "cuda" else None
         )
 
 
@@ -406,6 +510,12 @@ def resume(tr: Trainer, state: TrainState) -> Path | None:
     tr.optimizer.load_state_dict(saved["optimizer"])
     tr.scheduler.load_state_dict(saved["scheduler"])
     tr.scaler.load_state_dict(saved["scaler"])
+    if tr.teacher is not None:
+        if "ema" in saved:
+            tr.teacher.load_state_dict(saved["ema"])
+        else:
+            log.warning("%s holds no EMA teacher; the teacher starts from its model weights", path)
+            tr.teacher.load_state_dict(saved["model"])
     state.restore(saved)
     state.last_checkpoint = path
     ckpt.set_rng_state(saved["rng"])
@@ -471,8 +581,13 @@ def train_step(tr: Trainer, batch: dict[str, Any]) -> tuple[dict[str, Any], bool
     learning-rate schedule advances either way: a step keeps its place in the schedule.
     """
     cfg = tr.cfg
-    img_f, txt_f, negs, mask, scale = encode_batch(tr.ddp_model, batch, tr.spec, tr.device, tr.use_negs, tr.dtype)
-    out = global_losses(img_f, txt_f, negs, mask, scale, cfg.loss)
+    local = None
+    if tr.local_hn:
+        img_f, txt_f, negs, mask, scale, local = encode_batch_dense(tr.ddp_model, batch, tr.spec, tr.device, tr.dtype)
+    else:
+        img_f, txt_f, negs, mask, scale = encode_batch(tr.ddp_model, batch, tr.spec, tr.device, tr.use_negs, tr.dtype)
+    teacher = teacher_features(tr.teacher, batch, tr.spec, tr.device, tr.dtype) if tr.teacher is not None else None
+    out = global_losses(img_f, txt_f, negs, mask, scale, cfg.loss, local, teacher)
     out["scale"] = scale
     tr.optimizer.zero_grad(set_to_none=True)
     tr.scaler.scale(out["total"]).backward()
@@ -492,6 +607,8 @@ def train_step(tr: Trainer, batch: dict[str, Any]) -> tuple[dict[str, Any], bool
     if updated:
         with torch.no_grad():
             tr.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        if tr.teacher is not None:
+            ema_update(tr.teacher, tr.model, cfg.loss.ema_decay)
     return out, updated
 
 
@@ -517,6 +634,7 @@ def snapshot(tr: Trainer, state: TrainState) -> dict[str, Any]:
         "optimizer": tr.optimizer.state_dict(),
         "scheduler": tr.scheduler.state_dict(),
         "scaler": tr.scaler.state_dict(),
+        **({"ema": tr.teacher.state_dict()} if tr.teacher is not None else {}),
         "rng": ckpt.rng_state(),
         "world_size": tr.info.world_size,
         "data_hash": _data_hash(tr.cfg),
@@ -578,6 +696,7 @@ def _train_run(tr: Trainer, t_start: float, callbacks: Sequence[Callable[[dict[s
     cfg, info = tr.cfg, tr.info
     state = TrainState(thresholds={f: None for f in tr.families})
     resumed = resume(tr, state)
+    state.resumed_from_step = state.step if resumed is not None else None
     wrap_ddp(tr)
 
     runlog = RunLog(tr.out_dir, _log_fields(tr.families), tensorboard=cfg.tensorboard,
@@ -722,6 +841,7 @@ def _finish(tr: Trainer, state: TrainState, t_start: float) -> dict[str, Any]:
         "skipped_nonfinite": state.skipped_nonfinite,
         "thresholds": dict(state.thresholds),
         "last_checkpoint": str(state.last_checkpoint) if state.last_checkpoint else None,
+        "resumed_from_step": state.resumed_from_step,
         "output_dir": str(tr.out_dir),
         "wall_s": round(time.time() - t_start, 3),
     }
@@ -740,8 +860,8 @@ def _finish(tr: Trainer, state: TrainState, t_start: float) -> dict[str, Any]:
 
 
 def _log_fields(families: Sequence[str]) -> list[str]:
-    fields = ["step", "epoch", "lr", "loss", "contrastive", "imc", "cmr", "logit_scale", "global_batch",
-              "samples_per_s"]
+    fields = ["step", "epoch", "lr", "loss", "contrastive", "imc", "cmr", "global_hn", "local_hn", "distill",
+              "logit_scale", "global_batch", "samples_per_s"]
     fields += [f"theta_{f}" for f in families] + [f"gap_{f}" for f in families] + [f"valid_{f}" for f in families]
     fields += [f"skipped_{k}" for k in SKIP_KEYS] + ["skipped_nonfinite"]
     return fields
@@ -765,6 +885,7 @@ def _record(state: TrainState, out: dict[str, Any], families: Sequence[str], sps
         "contrastive": float(out["contrastive"]) if "contrastive" in out else None,
         "imc": float(out["imc"]) if "imc" in out else None,
         "cmr": float(out["cmr"]) if "cmr" in out else None,
+        **{k: float(out[k]) if k in out else None for k in ("global_hn", "local_hn", "distill")},
         "logit_scale": float(out["scale"].detach()),
         "global_batch": int(out["global_batch"]),
         "samples_per_s": sps,

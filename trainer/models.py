@@ -4,6 +4,10 @@ The project's own small configs live in ``trainer/model_configs/*.json`` (``hard
 ViT and text transformer of width 96 on 64x64 images, for tests, CPU runs and the synthetic world).
 :func:`register_model_configs` makes them known to open_clip by name, so after it
 ``open_clip.create_model_and_transforms("hardneg-tiny", pretrained=PATH)`` works.
+
+:class:`DenseForward` runs an open_clip ``CLIP`` with a ViT image tower and the built-in text tower
+once and returns, beside the usual pooled features, the projected patch and token embeddings that
+FSC-CLIP's local loss reads; its pooled features are those of ``model(images, text)``.
 """
 
 from __future__ import annotations
@@ -115,3 +119,74 @@ def save_weights(model: Any, out_dir: str | Path, model_cfg: dict[str, Any] | No
         blob = json.dumps({"model_cfg": model_cfg, "preprocess_cfg": pp}, indent=2)
         write_bytes_atomic(blob.encode("utf-8"), out / CONFIG_NAME)
     return weights
+
+
+def dense_support_error(model: Any, name: str) -> str | None:
+    """Why :class:`DenseForward` cannot run ``model`` (named ``name``), or None when it can."""
+    import open_clip
+    from open_clip.transformer import VisionTransformer
+
+    if type(model) is not open_clip.CLIP:
+        return (f"model {name!r} is an open_clip {type(model).__name__}; the local hard-negative loss "
+                "(loss.local_hn) needs an open_clip CLIP with the built-in text tower")
+    visual = model.visual
+    if not isinstance(visual, VisionTransformer):
+        return (f"model {name!r} has a {type(visual).__name__} image tower; the local hard-negative loss "
+                "(loss.local_hn) needs patch embeddings, i.e. a ViT image tower")
+    if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", None) not in ("tok", "avg"):
+        return (f"model {name!r} pools its ViT with {getattr(visual, 'pool_type', '?')!r}/attention pooling; "
+                "the local hard-negative loss (loss.local_hn) supports class-token or average pooling")
+    if not all(hasattr(visual, a) for a in ("_embeds", "_pool", "transformer")):
+        return f"this open_clip version's VisionTransformer lacks _embeds/_pool, which loss.local_hn needs (model {name!r})"
+    return None
+
+
+class DenseForward:
+    """Builds (lazily, so torch loads only when used) an ``nn.Module`` wrapping an open_clip CLIP.
+
+    ``DenseForward.wrap(model, name)`` returns a module whose ``forward(images, text)`` gives
+    ``(image_features, text_features, logit_scale, patches (B, P, D), words (N, L, D))``: the first
+    three as ``model(images, text)`` gives them (unit features, ``exp``-ed scale), the last two the
+    projected patch embeddings (no class token) and the projected per-token text embeddings after
+    the final layer norm. The wrapper holds no parameters of its own.
+    """
+
+    @staticmethod
+    def wrap(model: Any, name: str) -> Any:
+        why = dense_support_error(model, name)
+        if why:
+            raise ConfigError(why)
+        return _dense_module()(model)
+
+
+def _dense_module() -> Any:
+    import torch
+    import torch.nn.functional as F
+    from open_clip.transformer import text_global_pool
+
+    def project(x: Any, proj: Any) -> Any:
+        if proj is None:
+            return x
+        return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+
+    class _Dense(torch.nn.Module):
+        def __init__(self, model: Any) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, images: Any, text: Any) -> tuple[Any, Any, Any, Any, Any]:
+            m = self.model
+            v = m.visual
+            x = v.transformer(v._embeds(images))
+            pooled, patches = v._pool(x)
+            image = project(pooled, v.proj)
+            patches = project(patches, v.proj)
+            cast = m.transformer.get_cast_dtype()
+            t = m.token_embedding(text).to(cast) + m.positional_embedding.to(cast)
+            t = m.ln_final(m.transformer(t, attn_mask=m.attn_mask))
+            words = project(t, m.text_projection)
+            pooled_t = text_global_pool(t, text, m.text_pool_type, eos_token_id=getattr(m, "text_eos_id", None))
+            text_f = project(pooled_t, m.text_projection)
+            return F.normalize(image, dim=-1), F.normalize(text_f, dim=-1), m.logit_scale.exp(), patches, words
+
+    return _Dense
