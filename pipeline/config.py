@@ -175,10 +175,13 @@ class GenerateConfig:
     engine: str = "local"
     stream: StreamConfig = field(default_factory=StreamConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    #: a parse store of this source (``hardneg parse``): the captions' parses are read from it
+    #: instead of parsed (the same rows); None: parse inline
+    parsed: str | None = None
 
     #: fields that never change the shard contents
     NON_DATA_FIELDS: ClassVar[tuple[str, ...]] = (
-        "out", "manifest_dir", "stage_dir", "workers", "engine", "stream", "ray",
+        "out", "manifest_dir", "stage_dir", "workers", "engine", "stream", "ray", "parsed",
     )
 
     def validate(self) -> None:
@@ -211,3 +214,27 @@ class GenerateConfig:
         for k in self.NON_DATA_FIELDS:
             d.pop(k, None)
         return d
+
+
+@dataclass
+class ParseStoreConfig:
+    """What ``hardneg parse`` reads and writes: a source's captions parsed once, into a parse store
+    (``pipeline/parsestore.py``) that ``hardneg generate --parsed`` reads."""
+
+    source: SourceConfig = field(default_factory=SourceConfig)
+    parse: ParseConfig = field(default_factory=ParseConfig)
+    #: the store folder
+    out: str = "data/parsed"
+    #: captions per part file (the unit of work and resume)
+    part_size: int = 10_000
+    workers: int = 1
+
+    def validate(self) -> None:
+        if not self.source.path:
+            raise ConfigError("source.path is required (the caption file, folder or HF dataset)")
+        if self.part_size < 1:
+            raise ConfigError(f"part_size must be >= 1, got {self.part_size}")
+        if self.workers < 1:
+            raise ConfigError(f"workers must be >= 1, got {self.workers}")
+        if self.parse.batch_size < 1:
+            raise ConfigError(f"parse.batch_size must be >= 1, got {self.parse.batch_size}")
