@@ -26,15 +26,23 @@ INSTALL_HINT = (
 
 
 def resolve_model(cfg: ParseConfig) -> str:
-    """The first of ``cfg.model`` and its fallbacks that is installed."""
-    import spacy.util
-
+    """The first of ``cfg.model`` and its fallbacks that is installed (asked of the package metadata,
+    as ``spacy.util.is_package`` does, without importing spaCy: a run that reads a parse store never
+    imports it)."""
     for name in [cfg.model, *cfg.fallback_models]:
-        if spacy.util.is_package(name) or _is_path(name):
+        if _is_package(name) or _is_path(name):
             if name != cfg.model:
                 log.info("spaCy model %s is not installed; using %s", cfg.model, name)
             return name
     raise ModelError(f"spaCy model {cfg.model!r} is not installed (tried {[cfg.model, *cfg.fallback_models]}); {INSTALL_HINT}")
+
+
+def _is_package(name: str) -> bool:
+    try:
+        metadata.distribution(name)
+        return True
+    except Exception:  # noqa: BLE001  (spaCy's own check treats every failure as "not installed")
+        return False
 
 
 def _is_path(name: str) -> bool:
