@@ -439,3 +439,12 @@ def test_a_ray_actor_skips_torch_only_when_its_spacy_pipeline_does_not_need_it()
         "sm None",  # the CNN pipeline: `import torch` now fails, thinc runs without it
         "['det', 'ROOT', 'acl', 'prep', 'det', 'amod', 'pobj', 'punct']",  # as with torch
     ]
+
+
+def test_pass_1_progress_shows_the_captions_read(tmp_path, capsys):
+    """The read bar ends on the count read (a fast read used to leave only "0 captions" on screen)."""
+    scan = streaming.scan_source(GenerateConfig(source=SourceConfig(path=str(Path(__file__).parent / "fixtures/captions.jsonl"))),
+                       tmp_path)
+    assert scan.records == 22
+    last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert last.startswith("read (pass 1): 22 captions")

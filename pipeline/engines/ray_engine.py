@@ -471,7 +471,7 @@ class RayEngine:
             b = ScanBuilder(self.cfg, self.scratch)
             summaries = self.items().map_batches(_summarize, batch_size=None, batch_format="pyarrow",
                                                  **self.map_args)
-            with tqdm(desc="read (statistics pass, ray)", unit=" captions", mininterval=2, leave=False) as bar:
+            with tqdm(desc="read (statistics pass, ray)", unit=" captions", mininterval=0.5) as bar:
                 for batch in summaries.iter_batches(batch_size=None, batch_format="pyarrow"):
                     bar.update(add_summaries(b, batch))
             self.scan = b.finish(time.perf_counter() - t0)
