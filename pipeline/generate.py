@@ -107,7 +107,7 @@ def _init_worker(cfg: GenerateConfig, resources: Resources | None = None) -> Non
     get ``resources`` from the file their first task names."""
     # Parsing allocates many short-lived objects; with the default thresholds the cyclic GC
     # rescans the long-lived model over and over. Freeze what exists and collect less often
-    # (no full collection first: with torch imported by thinc it costs 0.16 s per run).
+    # (no full collection first: with torch imported by thinc it is costly; docs/benchmarks.md).
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
     if cfg.parsed:  # the parses come from the store: no spaCy pipeline to load
@@ -136,8 +136,7 @@ def _run_shard(task: ShardTask) -> tuple[int, ShardStats, dict[str, Any]]:
 
 def _release_freed_memory() -> None:
     """Hand the heap pages a task freed back to the OS. glibc keeps them otherwise, and a worker's
-    resident size creeps up shard after shard (measured in one process, 24 shards of 1,000 COCO
-    captions: 936 MiB without this call, 866 MiB with it)."""
+    resident size creeps up shard after shard (figures in docs/benchmarks.md)."""
     trim = _WORKER.get("malloc_trim")
     if trim is None:
         try:
@@ -160,8 +159,8 @@ def _write_shard(task: ShardTask) -> tuple[int, ShardStats, dict[str, Any]]:
     builder = ShardBuilder()
     t0 = time.perf_counter()
     # Parse the whole shard first, then run the rules: interleaving Python rule work between the
-    # parser's batches evicts the model from the CPU caches; measured back to back on 6,000 COCO
-    # captions it cost 50-90 us a caption more. A shard's docs take a few MB.
+    # parser's batches evicts the model from the CPU caches (docs/benchmarks.md). A shard's docs
+    # take a few MB.
     docs = _shard_docs(nlp, cfg, task)
     sampled = _sampled_ids(task.records, cfg.seed, resources.data.get("sample_threshold"))
     # The rules make only short-lived, acyclic objects (reference counting frees them); the cyclic

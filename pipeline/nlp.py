@@ -58,6 +58,38 @@ def model_version(name: str) -> str:
         return "unknown"
 
 
+#: packages a spaCy pipeline needs torch for (transformer pipelines)
+_TORCH_PIPELINE_PACKAGES = ("spacy-transformers", "spacy-curated-transformers", "curated-transformers")
+
+
+def without_torch(cfg: ParseConfig) -> bool:
+    """Keep torch out of this process when its spaCy pipeline does not need it; True if kept out.
+
+    thinc imports torch, when installed, to offer torch-backed layers; the CNN pipelines
+    (``en_core_web_sm``...) never use them, and the import is most of spaCy's (figures in
+    docs/benchmarks.md). For processes that run stage 1 and nothing else: a Ray actor, the
+    ``hardneg generate`` and ``hardneg parse`` commands (a Python caller's process is left as it is:
+    it may want torch later). A model that needs torch, or one given as a path, whose needs are
+    unknown, keeps it; so does a process that has imported torch or thinc already."""
+    import importlib.metadata as md
+    import sys
+    from pathlib import Path
+
+    if "torch" in sys.modules or "thinc" in sys.modules:
+        return False
+    for name in [cfg.model, *cfg.fallback_models]:
+        try:
+            requires = md.requires(name) or []
+        except md.PackageNotFoundError:
+            if Path(name).exists():
+                return False
+            continue
+        if any(r.lower().replace("_", "-").startswith(_TORCH_PIPELINE_PACKAGES) for r in requires):
+            return False
+    sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` raises ImportError
+    return True
+
+
 def load_nlp(cfg: ParseConfig) -> Any:
     """The spaCy ``Language`` with unneeded components disabled."""
     import spacy
@@ -83,9 +115,9 @@ def model_info(nlp: Any) -> dict[str, Any]:
 
 
 #: texts a ``Tok2Vec`` component embeds at a time. Its forward pass holds every layer's output until
-#: the batch is done: measured with en_core_web_sm, 1,000 COCO captions in batches of 256 raise a
-#: worker's peak resident size by 66 MiB, with the embedding in sub-batches of 64 by 27 MiB, at the
-#: same parse rate (a worker's peak is where it parses with the run's tables loaded: docs/scale.md)
+#: the batch is done, so smaller sub-batches lower a worker's peak resident size at the same parse
+#: rate (figures in docs/benchmarks.md; a worker's peak is where it parses with the run's tables
+#: loaded: docs/scale.md)
 TOK2VEC_BATCH = 64
 
 

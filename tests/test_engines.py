@@ -415,13 +415,13 @@ def test_the_driver_holds_at_most_limit_tasks_of_a_pool():
 _ACTOR_START = """
 import importlib.metadata as md, sys
 from pipeline.config import GenerateConfig, ParseConfig
-from pipeline.engines.ray_engine import _without_torch
+from pipeline.nlp import without_torch
 from pipeline.nlp import load_nlp
 real = md.requires
 md.requires = lambda name: ["spacy-transformers<1.4,>=1.3"] if name == "en_core_web_trf" else real(name)
-_without_torch(GenerateConfig(parse=ParseConfig(model="en_core_web_trf")))
+without_torch(ParseConfig(model="en_core_web_trf"))
 print("trf", "torch" in sys.modules)
-_without_torch(GenerateConfig())
+without_torch(ParseConfig())
 print("sm", sys.modules.get("torch", "absent"))
 print([t.dep_ for t in load_nlp(GenerateConfig().parse)("A cat sitting on a black mat.")])
 """

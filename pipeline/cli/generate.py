@@ -26,8 +26,10 @@ def generate_config_from_args(args: argparse.Namespace) -> GenerateConfig:
 
 def _generate(args: argparse.Namespace) -> int:
     from pipeline.generate import generate
+    from pipeline.nlp import without_torch
 
     cfg = generate_config_from_args(args)
+    without_torch(cfg.parse)  # this process runs stage 1 only: spaCy's import without torch's
     manifest = generate(cfg)
     log.info(
         "wrote %d rows in %d shards to %s; manifest %s/%s.json",

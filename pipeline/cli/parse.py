@@ -12,6 +12,7 @@ log = logging.getLogger("hardneg")
 
 
 def _parse(args: argparse.Namespace) -> int:
+    from pipeline.nlp import without_torch
     from pipeline.parse import build_store
 
     flags = {
@@ -20,6 +21,7 @@ def _parse(args: argparse.Namespace) -> int:
         "source.limit": args.limit, "out": args.out, "workers": args.workers, "parse.model": args.model,
     }
     cfg = config_from_args(ParseStoreConfig, args, flags)
+    without_torch(cfg.parse)  # this process parses only: spaCy's import without torch's
     manifest = build_store(cfg)
     log.info("parse store %s: %d captions, %d parts", cfg.out, manifest["captions"], len(manifest["parts"]))
     return 0
