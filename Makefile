@@ -41,6 +41,7 @@ repro: $(BUILT)
 
 bench: $(BUILT)
 	$(BIN)/python bench/bench_generate.py
+	$(BIN)/python bench/bench_parsestore.py
 	$(BIN)/python bench/bench_train.py
 
 clean-venv:

@@ -205,6 +205,8 @@ class GenerateConfig:
             raise ConfigError("stats_sample, stream.partition_rows and stream.in_flight must be >= 1")
         if self.ray.actors < 1 or self.ray.actor_cpus <= 0 or self.ray.max_retries < 0:
             raise ConfigError("ray.actors must be >= 1, ray.actor_cpus > 0 and ray.max_retries >= 0")
+        if self.parsed is not None and "://" in self.parsed:
+            raise ConfigError(f"parsed {self.parsed!r}: a parse store is a local folder (or one every node mounts)")
         if not 0 <= self.ray.worker_niceness <= 19:
             raise ConfigError(f"ray.worker_niceness must be in 0..19, got {self.ray.worker_niceness}")
 
@@ -232,6 +234,8 @@ class ParseStoreConfig:
     def validate(self) -> None:
         if not self.source.path:
             raise ConfigError("source.path is required (the caption file, folder or HF dataset)")
+        if "://" in self.out:
+            raise ConfigError(f"out {self.out!r}: a parse store is a local folder (or one on a filesystem every node mounts)")
         if self.part_size < 1:
             raise ConfigError(f"part_size must be >= 1, got {self.part_size}")
         if self.workers < 1:

@@ -197,6 +197,13 @@ def test_cli_parse_then_generate(tmp_path):
     assert main(["-q", "parse", "-i", str(CAPTIONS), "--out", str(store_dir), "--set", "part_size=0"]) == 2
 
 
+def test_a_store_is_a_local_folder(tmp_path):
+    with pytest.raises(ConfigError, match=r"out 's3://b/parsed': a parse store is a local folder"):
+        build_store(ParseStoreConfig(source=SourceConfig(path=str(CAPTIONS)), out="s3://b/parsed"))
+    with pytest.raises(ConfigError, match=r"parsed 's3://b/parsed': a parse store is a local folder"):
+        generate(gen_config(tmp_path, "out", parsed="s3://b/parsed"))
+
+
 def test_params_yaml_negatives_read_the_parse_stage_store():
     """The dvc stages: `negatives` reads the store `parse` writes, made from the same source with the
     same parse settings (else generate would refuse it)."""
