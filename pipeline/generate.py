@@ -620,7 +620,7 @@ def generate(cfg: GenerateConfig) -> Manifest:
                 "sample_captions": corpus.captions,
                 "distinct_pairs": corpus.distinct_pairs,
                 "classes": resources.data["swap"].sem.source,
-                "parsed_in": "actors" if engine else "workers",
+                "parsed_in": "parse store" if cfg.parsed else "actors" if engine else "workers",
             }
         generate_seconds = time.perf_counter() - t1
 

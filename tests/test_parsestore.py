@@ -99,6 +99,9 @@ def test_generate_from_store_is_byte_identical(store, tmp_path, workers, monkeyp
     assert digests(tmp_path / "stored") == digests(tmp_path / "inline") != {}
     assert stored.config_hash == inline.config_hash
     assert stored.spacy == inline.spacy
+    assert inline.statistics["parsed_in"] == "workers" and stored.statistics["parsed_in"] == "parse store"
+    assert {k: v for k, v in stored.statistics.items() if k != "parsed_in"} == {
+        k: v for k, v in inline.statistics.items() if k != "parsed_in"}
 
 
 def test_generate_refuses_a_store_of_another_source(store, tmp_path):
