@@ -7,7 +7,9 @@ For each floor value ``v`` it runs ``hardneg generate`` (all six families) with
 no relation_swap or relation_replace floor; the other floors stay at their defaults), then
 ``hardneg report``, and collects each family's coverage, n-gram blind
 check and learned-detector accuracy (when the report has one) into ``tradeoff.json``, ``tradeoff.md``
-and ``tradeoff.png``.
+and ``tradeoff.png``. The captions are parsed once, first, into a parse store (``hardneg parse``,
+``<out>/parsed``) that every sweep point's ``generate`` reads (``--parsed``): the sweep pays the
+parse once, not once per point.
 
   python bench/plausibility_tradeoff.py [--captions ../shared/data/coco_karpathy_test.json]
       [--values none,-1,-2,-3,-4,-6] [--out /tmp/hardneg-tradeoff] [-j 2] [--before OLD/tradeoff.json]
@@ -37,13 +39,24 @@ from pipeline.core.plots import new_figure, save_png  # noqa: E402
 MOVED = ("relation_swap", "object_swap", "relation_replace")
 
 
-def run_one(args: argparse.Namespace, value: str) -> "dict[str, dict[str, float | None]]":
+def hardneg() -> str:
+    return str(Path(sys.executable).with_name("hardneg"))
+
+
+def parse_once(args: argparse.Namespace) -> str:
+    """The parse store every sweep point reads (an up-to-date store is kept as it is)."""
+    store = str(Path(args.out) / "parsed")
+    subprocess.run([hardneg(), "-q", "parse", "-i", args.captions, "--out", store, "-j", str(args.workers)], check=True)
+    return store
+
+
+def run_one(args: argparse.Namespace, value: str, store: str) -> "dict[str, dict[str, float | None]]":
     v = "null" if value == "none" else value
     tag = "none" if value == "none" else value.replace("-", "m").replace(".", "p")
     out, report = Path(args.out) / f"neg-{tag}", Path(args.out) / f"report-{tag}"
-    hardneg = str(Path(sys.executable).with_name("hardneg"))
     subprocess.run(
-        [hardneg, "-q", "generate", "-i", args.captions, "--families", ",".join(ALL_FAMILIES), "-j", str(args.workers),
+        [hardneg(), "-q", "generate", "-i", args.captions, "--parsed", store, "--families", ",".join(ALL_FAMILIES),
+         "-j", str(args.workers),
          "--out", str(out), "--name", f"tradeoff-{tag}", "--manifest-dir", str(Path(args.out) / "manifests"),
          "--set", f"plausibility.cross_class_floor.relation_swap={v}",
          "--set", f"plausibility.cross_class_floor.object_swap={v}",
@@ -51,7 +64,7 @@ def run_one(args: argparse.Namespace, value: str) -> "dict[str, dict[str, float 
          "--set", f"plausibility.floor.relation_replace={v}"],
         check=True,
     )
-    subprocess.run([hardneg, "-q", "report", str(out), "--out", str(report)], check=True)
+    subprocess.run([hardneg(), "-q", "report", str(out), "--out", str(report)], check=True)
     r = json.loads((report / "report.json").read_text(encoding="utf-8"))
     learned = r.get("learned_check", {})
     return {
@@ -152,8 +165,9 @@ def main() -> int:
         write(json.loads((out / "tradeoff.json").read_text(encoding="utf-8")))
         return 0
     results = {}
+    store = parse_once(args)
     for value in [v.strip() for v in args.values.split(",") if v.strip()]:
-        results[value] = run_one(args, value)
+        results[value] = run_one(args, value, store)
         print(f"floor {value}: " + ", ".join(
             f"{f} {100 * results[value][f]['coverage']:.1f}% / {100 * (results[value][f]['blind'] or 0):.1f}%" for f in MOVED
         ), flush=True)

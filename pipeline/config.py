@@ -178,10 +178,13 @@ class GenerateConfig:
     engine: str = "local"
     stream: StreamConfig = field(default_factory=StreamConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    #: a parse store of this source (``hardneg parse``): the captions' parses are read from it
+    #: instead of parsed (the same rows); None: parse inline
+    parsed: str | None = None
 
     #: fields that never change the shard contents
     NON_DATA_FIELDS: ClassVar[tuple[str, ...]] = (
-        "out", "manifest_dir", "stage_dir", "workers", "engine", "stream", "ray",
+        "out", "manifest_dir", "stage_dir", "workers", "engine", "stream", "ray", "parsed",
     )
 
     def validate(self) -> None:
@@ -205,6 +208,8 @@ class GenerateConfig:
             raise ConfigError("stats_sample, stream.partition_rows and stream.in_flight must be >= 1")
         if self.ray.actors < 1 or self.ray.actor_cpus <= 0 or self.ray.max_retries < 0:
             raise ConfigError("ray.actors must be >= 1, ray.actor_cpus > 0 and ray.max_retries >= 0")
+        if self.parsed is not None and "://" in self.parsed:
+            raise ConfigError(f"parsed {self.parsed!r}: a parse store is a local folder (or one every node mounts)")
         if not 0 <= self.ray.worker_niceness <= 19:
             raise ConfigError(f"ray.worker_niceness must be in 0..19, got {self.ray.worker_niceness}")
 
@@ -216,3 +221,29 @@ class GenerateConfig:
         if not d["source"]["exclude_images"]:  # absent unless set, so older datasets keep their hash
             del d["source"]["exclude_images"]
         return d
+
+
+@dataclass
+class ParseStoreConfig:
+    """What ``hardneg parse`` reads and writes: a source's captions parsed once, into a parse store
+    (``pipeline/parsestore.py``) that ``hardneg generate --parsed`` reads."""
+
+    source: SourceConfig = field(default_factory=SourceConfig)
+    parse: ParseConfig = field(default_factory=ParseConfig)
+    #: the store folder
+    out: str = "data/parsed"
+    #: captions per part file (the unit of work and resume)
+    part_size: int = 10_000
+    workers: int = 1
+
+    def validate(self) -> None:
+        if not self.source.path:
+            raise ConfigError("source.path is required (the caption file, folder or HF dataset)")
+        if "://" in self.out:
+            raise ConfigError(f"out {self.out!r}: a parse store is a local folder (or one on a filesystem every node mounts)")
+        if self.part_size < 1:
+            raise ConfigError(f"part_size must be >= 1, got {self.part_size}")
+        if self.workers < 1:
+            raise ConfigError(f"workers must be >= 1, got {self.workers}")
+        if self.parse.batch_size < 1:
+            raise ConfigError(f"parse.batch_size must be >= 1, got {self.parse.batch_size}")

@@ -107,11 +107,17 @@ def _init_worker(cfg: GenerateConfig, resources: Resources | None = None) -> Non
     get ``resources`` from the file their first task names."""
     # Parsing allocates many short-lived objects; with the default thresholds the cyclic GC
     # rescans the long-lived model over and over. Freeze what exists and collect less often
-    # (no full collection first: with torch imported by thinc it costs 0.16 s per run).
+    # (no full collection first: with torch imported by thinc it is costly; docs/benchmarks.md).
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
-    _WORKER["nlp"] = load_nlp(cfg.parse)
-    _WORKER["model_info"] = model_info(_WORKER["nlp"])
+    if cfg.parsed:  # the parses come from the store: no spaCy pipeline to load
+        from pipeline.parsestore import ParseStore
+
+        store = ParseStore(cfg.parsed)
+        _WORKER["store"], _WORKER["nlp"], _WORKER["model_info"] = store, None, store.model_info
+    else:
+        _WORKER["nlp"] = load_nlp(cfg.parse)
+        _WORKER["model_info"] = model_info(_WORKER["nlp"])
     _WORKER["cfg"] = cfg
     _WORKER["resources"] = resources if resources is not None else Resources()
 
@@ -130,8 +136,7 @@ def _run_shard(task: ShardTask) -> tuple[int, ShardStats, dict[str, Any]]:
 
 def _release_freed_memory() -> None:
     """Hand the heap pages a task freed back to the OS. glibc keeps them otherwise, and a worker's
-    resident size creeps up shard after shard (measured in one process, 24 shards of 1,000 COCO
-    captions: 936 MiB without this call, 866 MiB with it)."""
+    resident size creeps up shard after shard (figures in docs/benchmarks.md)."""
     trim = _WORKER.get("malloc_trim")
     if trim is None:
         try:
@@ -154,8 +159,8 @@ def _write_shard(task: ShardTask) -> tuple[int, ShardStats, dict[str, Any]]:
     builder = ShardBuilder()
     t0 = time.perf_counter()
     # Parse the whole shard first, then run the rules: interleaving Python rule work between the
-    # parser's batches evicts the model from the CPU caches; measured back to back on 6,000 COCO
-    # captions it cost 50-90 us a caption more. A shard's docs take a few MB.
+    # parser's batches evicts the model from the CPU caches (docs/benchmarks.md). A shard's docs
+    # take a few MB.
     docs = _shard_docs(nlp, cfg, task)
     sampled = _sampled_ids(task.records, cfg.seed, resources.data.get("sample_threshold"))
     # The rules make only short-lived, acyclic objects (reference counting frees them); the cyclic
@@ -228,9 +233,26 @@ def _shard_docs(nlp: Any, cfg: GenerateConfig, task: ShardTask) -> list[Any]:
         with open(task.corpus, "rb") as f:
             for rid, text, toks, children in marshal.load(f):
                 kept[rid] = ParsedCaption.from_tokens(text, tuple([_new_tok(Tok, t) for t in toks]), children)
-    todo = [r.caption for r in task.records if r.id not in kept]
-    parsed = iter(list(parse(nlp, todo, cfg.parse.batch_size)) if todo else [])
+    todo = [r for r in task.records if r.id not in kept]
+    parsed = iter(_parses(nlp, cfg, todo) if todo else [])
     return [kept[r.id] if r.id in kept else next(parsed) for r in task.records]
+
+
+def _parses(nlp: Any, cfg: GenerateConfig, records: list[CaptionRecord]) -> list[Any]:
+    """The records' parses: spaCy docs parsed now, or the parse store's views of them."""
+    store = _WORKER.get("store")
+    if store is None:
+        return list(parse(nlp, [r.caption for r in records], cfg.parse.batch_size))
+    tables = store.tables([r.id for r in records], [r.caption for r in records])
+    return [ParsedCaption.from_tokens(r.caption, toks, children) for r, (toks, children) in zip(records, tables)]
+
+
+def _token_tables(nlp: Any, cfg: GenerateConfig, records: list[CaptionRecord]) -> list[Any]:
+    """The records' token tables and children, parsed now or read from the parse store."""
+    store = _WORKER.get("store")
+    if store is None:
+        return [tokens_of(doc) for doc in parse(nlp, [r.caption for r in records], cfg.parse.batch_size)]
+    return store.tables([r.id for r in records], [r.caption for r in records])
 
 
 def _count_shard(task: ShardTask) -> tuple[int, dict[tuple[str, str, str], int], list[str]]:
@@ -248,23 +270,24 @@ def _count_sample(task: ShardTask) -> tuple[int, dict[tuple[str, str, str], int]
     counts: Counter = Counter()
     nouns: set[str] = set()
     in_process = "kept" in _WORKER  # one worker: the views stay in memory for the negatives pass
+    from_store = "store" in _WORKER  # the negatives pass reads the store too: nothing to keep on disk
     kept: dict[str, ParsedCaption] = {}
-    rows = []
-    docs = list(parse(nlp, [r.caption for r in task.records], cfg.parse.batch_size))
+    rows: list[Any] = []
+    tables = _token_tables(nlp, cfg, task.records)
     # the views are acyclic and kept until their shard is written: the cyclic collector would
     # rescan them over and over for nothing (see _run_shard)
     gc_on = gc.isenabled()
     if gc_on:
         gc.disable()
     try:
-        _count_docs(task, docs, in_process, kept, rows, counts, nouns)
+        _count_docs(task, tables, in_process, kept, rows, counts, nouns)
     finally:
         if gc_on:
             gc.enable()
     if in_process:
         _WORKER["kept"][task.index] = kept
         gc.freeze()  # out of every later collection's way; freed as usual once popped
-    else:
+    elif not from_store:
         assert task.corpus is not None
         Path(task.corpus).parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(marshal.dumps(rows), task.corpus)
@@ -272,11 +295,11 @@ def _count_sample(task: ShardTask) -> tuple[int, dict[tuple[str, str, str], int]
 
 
 def _count_docs(
-    task: ShardTask, docs: list[Any], in_process: bool, kept: dict[str, ParsedCaption], rows: list[Any],
+    task: ShardTask, tables: list[Any], in_process: bool, kept: dict[str, ParsedCaption], rows: list[Any],
     counts: Counter, nouns: set[str],
 ) -> None:
-    for r, doc in zip(task.records, docs):
-        toks, children = tokens_of(doc)
+    keep_rows = not in_process and "store" not in _WORKER
+    for r, (toks, children) in zip(task.records, tables):
         if in_process:
             p = ParsedCaption.from_tokens(r.caption, toks, children)
             kept[r.id] = p
@@ -284,7 +307,8 @@ def _count_docs(
         else:
             lemmas = tuple([lemma_of(t) for t in toks])
             deps = dep_pairs(toks, children)
-            rows.append((r.id, r.caption, [tuple(t) for t in toks], children))
+            if keep_rows:
+                rows.append((r.id, r.caption, [tuple(t) for t in toks], children))
         _tally(toks, lemmas, deps, counts, nouns)
 
 
@@ -502,6 +526,12 @@ def generate(cfg: GenerateConfig) -> Manifest:
     t_start = time.perf_counter()
     model = resolve_model(cfg.parse)
     input_fp = fingerprint(cfg.source)
+    if cfg.parsed:
+        from pipeline.parsestore import open_store
+
+        open_store(cfg.parsed, input_fp, model, cfg.parse)  # refused here, before any work, if it does not match
+        # absolute: the workers, actors and a joined cluster's processes may not share this directory
+        cfg = dataclasses.replace(cfg, parsed=str(Path(cfg.parsed).absolute()))
     identity = run_identity(cfg, input_fp, model)
     run_hash = config_hash(identity)
     out = Path(cfg.out)
@@ -590,7 +620,7 @@ def generate(cfg: GenerateConfig) -> Manifest:
                 "sample_captions": corpus.captions,
                 "distinct_pairs": corpus.distinct_pairs,
                 "classes": resources.data["swap"].sem.source,
-                "parsed_in": "actors" if engine else "workers",
+                "parsed_in": "parse store" if cfg.parsed else "actors" if engine else "workers",
             }
         generate_seconds = time.perf_counter() - t1
 

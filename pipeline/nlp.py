@@ -26,15 +26,23 @@ INSTALL_HINT = (
 
 
 def resolve_model(cfg: ParseConfig) -> str:
-    """The first of ``cfg.model`` and its fallbacks that is installed."""
-    import spacy.util
-
+    """The first of ``cfg.model`` and its fallbacks that is installed (asked of the package metadata,
+    as ``spacy.util.is_package`` does, without importing spaCy: a run that reads a parse store never
+    imports it)."""
     for name in [cfg.model, *cfg.fallback_models]:
-        if spacy.util.is_package(name) or _is_path(name):
+        if _is_package(name) or _is_path(name):
             if name != cfg.model:
                 log.info("spaCy model %s is not installed; using %s", cfg.model, name)
             return name
     raise ModelError(f"spaCy model {cfg.model!r} is not installed (tried {[cfg.model, *cfg.fallback_models]}); {INSTALL_HINT}")
+
+
+def _is_package(name: str) -> bool:
+    try:
+        metadata.distribution(name)
+        return True
+    except Exception:  # noqa: BLE001  (spaCy's own check treats every failure as "not installed")
+        return False
 
 
 def _is_path(name: str) -> bool:
@@ -48,6 +56,38 @@ def model_version(name: str) -> str:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return "unknown"
+
+
+#: packages a spaCy pipeline needs torch for (transformer pipelines)
+_TORCH_PIPELINE_PACKAGES = ("spacy-transformers", "spacy-curated-transformers", "curated-transformers")
+
+
+def without_torch(cfg: ParseConfig) -> bool:
+    """Keep torch out of this process when its spaCy pipeline does not need it; True if kept out.
+
+    thinc imports torch, when installed, to offer torch-backed layers; the CNN pipelines
+    (``en_core_web_sm``...) never use them, and the import is most of spaCy's (figures in
+    docs/benchmarks.md). For processes that run stage 1 and nothing else: a Ray actor, the
+    ``hardneg generate`` and ``hardneg parse`` commands (a Python caller's process is left as it is:
+    it may want torch later). A model that needs torch, or one given as a path, whose needs are
+    unknown, keeps it; so does a process that has imported torch or thinc already."""
+    import importlib.metadata as md
+    import sys
+    from pathlib import Path
+
+    if "torch" in sys.modules or "thinc" in sys.modules:
+        return False
+    for name in [cfg.model, *cfg.fallback_models]:
+        try:
+            requires = md.requires(name) or []
+        except md.PackageNotFoundError:
+            if Path(name).exists():
+                return False
+            continue
+        if any(r.lower().replace("_", "-").startswith(_TORCH_PIPELINE_PACKAGES) for r in requires):
+            return False
+    sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` raises ImportError
+    return True
 
 
 def load_nlp(cfg: ParseConfig) -> Any:
@@ -75,9 +115,9 @@ def model_info(nlp: Any) -> dict[str, Any]:
 
 
 #: texts a ``Tok2Vec`` component embeds at a time. Its forward pass holds every layer's output until
-#: the batch is done: measured with en_core_web_sm, 1,000 COCO captions in batches of 256 raise a
-#: worker's peak resident size by 66 MiB, with the embedding in sub-batches of 64 by 27 MiB, at the
-#: same parse rate (a worker's peak is where it parses with the run's tables loaded: docs/scale.md)
+#: the batch is done, so smaller sub-batches lower a worker's peak resident size at the same parse
+#: rate (figures in docs/benchmarks.md; a worker's peak is where it parses with the run's tables
+#: loaded: docs/scale.md)
 TOK2VEC_BATCH = 64
 
 

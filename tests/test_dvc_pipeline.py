@@ -25,7 +25,7 @@ BIN = Path(sys.executable).parent
 FAMILIES = ["relation_swap", "attribute_swap", "object_swap"]
 N_TRAIN, N_TEST, STEPS, EVERY = 40, 12, 6, 3
 ALPHAS = [0.0, 0.5, 1.0]
-STAGES = {"prepare", "negatives", "pretrain", "train_baseline", "train_ceclip", "evaluate", "wiseft", "report"}
+STAGES = {"prepare", "parse", "negatives", "pretrain", "train_baseline", "train_ceclip", "evaluate", "wiseft", "report"}
 
 
 
@@ -34,6 +34,7 @@ def _miniature_params() -> dict:
     p = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
     p["synth"].update(n_train=N_TRAIN, n_test=N_TEST, collision_batch_size=16, recognition_per_class=2)
     p["negatives"].update(workers=1)
+    p["parse"].update(workers=1)
     for run in ("pretrain", "train"):
         p[run]["data"].update(batch_size=16, workers=0)
         p[run]["optim"].update(max_steps=STEPS, warmup_steps=2)
@@ -105,6 +106,9 @@ def test_world_and_negatives(repo: tuple[Path, str]) -> None:
     test_rows = pq.read_table(path / "data/negatives/test").to_pylist()
     assert len(test_rows) == 2 * N_TEST and {r["split"] for r in test_rows} == {"test"}
     assert (path / "data/manifests/synth-world.json").is_file()
+    # the parse stage's store holds every caption, and the negatives came from it
+    store = json.loads((path / "data/parsed/store.json").read_text(encoding="utf-8"))
+    assert store["captions"] == 2 * (N_TRAIN + N_TEST)
 
 
 def _test_pairs(path: Path) -> dict[str, int]:

@@ -415,13 +415,13 @@ def test_the_driver_holds_at_most_limit_tasks_of_a_pool():
 _ACTOR_START = """
 import importlib.metadata as md, sys
 from pipeline.config import GenerateConfig, ParseConfig
-from pipeline.engines.ray_engine import _without_torch
+from pipeline.nlp import without_torch
 from pipeline.nlp import load_nlp
 real = md.requires
 md.requires = lambda name: ["spacy-transformers<1.4,>=1.3"] if name == "en_core_web_trf" else real(name)
-_without_torch(GenerateConfig(parse=ParseConfig(model="en_core_web_trf")))
+without_torch(ParseConfig(model="en_core_web_trf"))
 print("trf", "torch" in sys.modules)
-_without_torch(GenerateConfig())
+without_torch(ParseConfig())
 print("sm", sys.modules.get("torch", "absent"))
 print([t.dep_ for t in load_nlp(GenerateConfig().parse)("A cat sitting on a black mat.")])
 """
@@ -439,3 +439,12 @@ def test_a_ray_actor_skips_torch_only_when_its_spacy_pipeline_does_not_need_it()
         "sm None",  # the CNN pipeline: `import torch` now fails, thinc runs without it
         "['det', 'ROOT', 'acl', 'prep', 'det', 'amod', 'pobj', 'punct']",  # as with torch
     ]
+
+
+def test_pass_1_progress_shows_the_captions_read(tmp_path, capsys):
+    """The read bar ends on the count read (a fast read used to leave only "0 captions" on screen)."""
+    scan = streaming.scan_source(GenerateConfig(source=SourceConfig(path=str(Path(__file__).parent / "fixtures/captions.jsonl"))),
+                       tmp_path)
+    assert scan.records == 22
+    last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert last.startswith("read (pass 1): 22 captions")

@@ -87,6 +87,20 @@ def test_ray_engine_survives_a_killed_actor_and_writes_the_local_rows(tmp_path, 
     assert m.config_hash == local.config_hash  # the engine is not part of the data
 
 
+def test_ray_engine_reads_a_parse_store_with_the_local_rows(tmp_path):
+    # early in the module: later tests end runs on purpose, and their actors may still hold the CPUs
+    from pipeline.config import ParseStoreConfig
+    from pipeline.parse import build_store
+
+    src = write_coco(tmp_path / "captions_val2014.json", images=24)  # scattered: grouped on disk
+    families = ["relation_swap", "object_swap", "attribute_swap", "object_replace"]
+    build_store(ParseStoreConfig(source=SourceConfig(path=str(src)), out=str(tmp_path / "store"), part_size=50))
+    local = generate(config(tmp_path, src, "local", "local", families=families))
+    m = generate(config(tmp_path, src, "ray", "ray", families=families, parsed=str(tmp_path / "store")))
+    assert {s.path: s.sha256 for s in m.shards} == {s.path: s.sha256 for s in local.shards}
+    assert m.rows == local.rows == 118 and m.config_hash == local.config_hash
+
+
 def write_parquet_folder(folder: Path, files: int) -> Path:
     """The fixture captions as a folder of Parquet files, cut between images (a source the Ray
     engine reads with a read task per file)."""
@@ -227,3 +241,4 @@ def test_ray_engine_needs_ray_and_a_known_engine(tmp_path, monkeypatch):
 
     with pytest.raises(ConfigError, match=r"pip install 'hardneg\[ray\]'"):
         import_ray()
+

@@ -19,6 +19,7 @@ log = logging.getLogger("hardneg")
 #: modules that provide ``register(subparsers)``; optional ones may be missing their extras
 _COMMAND_MODULES = (
     "pipeline.cli.generate",
+    "pipeline.cli.parse",
     "pipeline.cli.synth",
     "pipeline.cli.report",
     "pipeline.cli.publish",

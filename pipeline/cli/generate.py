@@ -19,15 +19,17 @@ def generate_config_from_args(args: argparse.Namespace) -> GenerateConfig:
         "source.limit": args.limit, "name": args.name, "out": args.out, "workers": args.workers,
         "k": args.k, "seed": args.seed, "families": args.families, "parse.model": args.model,
         "manifest_dir": args.manifest_dir, "engine": args.engine, "ray.address": args.ray_address,
-        "ray.actors": args.actors, "source.exclude_images": args.exclude_images,
+        "ray.actors": args.actors, "source.exclude_images": args.exclude_images, "parsed": args.parsed,
     }
     return config_from_args(GenerateConfig, args, flags)
 
 
 def _generate(args: argparse.Namespace) -> int:
     from pipeline.generate import generate
+    from pipeline.nlp import without_torch
 
     cfg = generate_config_from_args(args)
+    without_torch(cfg.parse)  # this process runs stage 1 only: spaCy's import without torch's
     manifest = generate(cfg)
     log.info(
         "wrote %d rows in %d shards to %s; manifest %s/%s.json",
@@ -84,6 +86,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--families", help="comma-separated family names")
     p.add_argument("--model", help="spaCy pipeline name (parse.model)")
+    p.add_argument("--parsed", help="a parse store of this source (`hardneg parse`): read the parses instead of parsing")
     p.add_argument("--engine", choices=["local", "ray"], help="local (process pool) or ray (Ray Data; docs/scale.md)")
     p.add_argument("--ray-address", help="Ray cluster to join (ray.address; default: RAY_ADDRESS if set, else start a local one)")
     p.add_argument("--actors", type=int, help="Ray actors of the negatives pass (ray.actors)")

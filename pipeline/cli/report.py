@@ -6,7 +6,8 @@ import argparse
 import logging
 
 from pipeline.core.config import add_config_args, config_from_args
-from pipeline.report.report import ReportConfig, build_report, format_ci
+from pipeline.report.config import ReportConfig
+from pipeline.report.report import build_report, format_ci
 
 log = logging.getLogger("hardneg")
 

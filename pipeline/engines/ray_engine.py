@@ -74,6 +74,7 @@ from pipeline.core.atomic import write_bytes_atomic
 from pipeline.core.errors import ConfigError
 from pipeline.engines.common import ALL, MAX_EXAMPLES, classify, record_key, sample_hash
 from pipeline.engines.streaming import ScanBuilder, ShardStream, SourceScan, source_items
+from pipeline.nlp import without_torch
 from pipeline.records import CaptionRecord
 from pipeline.sources import SourcePart, source_parts
 
@@ -110,8 +111,8 @@ def stop_autoscaler_monitor(ray: Any) -> None:
 
     A local Ray has nothing to autoscale, yet ``ray.init`` starts the monitor, and ``ray.shutdown``
     stops it after the GCS, with SIGTERM: its handler then reports its end to the GCS that is
-    already gone, hangs, and is killed after Ray's one-second wait (Ray 2.60: 1.35 s of
-    shutdown, 0.35 s without it). Killed first it reports nothing. This reaches into Ray's private
+    already gone, hangs, and is killed after Ray's one-second wait (figures in
+    docs/benchmarks.md). Killed first it reports nothing. This reaches into Ray's private
     node object: a Ray whose internals moved is left to its own shutdown."""
     try:
         node = ray._private.worker._global_node
@@ -274,8 +275,7 @@ def _wait_for_gate(gate: str) -> str:
     read task runs on the driver's node (the datasource has no distributed reads), which sees the
     file at once (a Ray Client driver elsewhere writes it through the shared work folder, whose
     caching may delay it); a poll every 20 ms costs nothing next to parsing and, unlike a gate
-    actor, no process (measured on two cores: an actor's start was 0.5 s of CPU while the actors
-    loaded spaCy)."""
+    actor, no process (an actor's start costs CPU while the actors load spaCy: docs/benchmarks.md)."""
     while not os.path.exists(gate):
         time.sleep(_GATE_POLL_SECONDS)
     return Path(gate).read_text(encoding="utf-8")
@@ -316,35 +316,6 @@ def _task_rows(plan_ref: Any) -> Iterator[Any]:
         yield _row("shard", i, len(records), plan.task_of(resources, i, split, records))
 
 
-#: packages a spaCy pipeline needs torch for (transformer pipelines)
-_TORCH_PIPELINE_PACKAGES = ("spacy-transformers", "spacy-curated-transformers", "curated-transformers")
-
-
-def _without_torch(cfg: GenerateConfig) -> None:
-    """Keep torch out of a fresh actor process when its spaCy pipeline does not need it.
-
-    thinc imports torch, when installed, to offer torch-backed layers; the CNN pipelines
-    (``en_core_web_sm``...) never use them, and the import is most of an actor's start: measured
-    here, ``import spacy`` takes 1.5 s with torch and 0.44 s without. (The local engine's workers
-    are forked from a driver that has imported it already.) A model that needs torch, or one given
-    as a path, whose needs are unknown, keeps it."""
-    import importlib.metadata as md
-    import sys
-
-    if "torch" in sys.modules or "thinc" in sys.modules:
-        return
-    for name in [cfg.parse.model, *cfg.parse.fallback_models]:
-        try:
-            requires = md.requires(name) or []
-        except md.PackageNotFoundError:
-            if Path(name).exists():
-                return
-            continue
-        if any(r.lower().replace("_", "-").startswith(_TORCH_PIPELINE_PACKAGES) for r in requires):
-            return
-    sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` raises ImportError
-
-
 class _StageActor:
     """The ``map_batches`` actor class of the task pipeline: the spaCy pipeline loaded once, when
     the actor starts, by the local engine's worker initializer; then, per row, the local engine's
@@ -354,7 +325,7 @@ class _StageActor:
 
     def __init__(self, cfg: GenerateConfig, init_fn: Callable[[GenerateConfig], None],
                  fns: dict[str, Callable[[Any], Any]]) -> None:
-        _without_torch(cfg)
+        without_torch(cfg.parse)
         init_fn(cfg)
         self.fns = fns
 
@@ -471,7 +442,7 @@ class RayEngine:
             b = ScanBuilder(self.cfg, self.scratch)
             summaries = self.items().map_batches(_summarize, batch_size=None, batch_format="pyarrow",
                                                  **self.map_args)
-            with tqdm(desc="read (statistics pass, ray)", unit=" captions", mininterval=2, leave=False) as bar:
+            with tqdm(desc="read (statistics pass, ray)", unit=" captions", mininterval=0.5) as bar:
                 for batch in summaries.iter_batches(batch_size=None, batch_format="pyarrow"):
                     bar.update(add_summaries(b, batch))
             self.scan = b.finish(time.perf_counter() - t0)

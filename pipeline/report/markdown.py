@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pipeline.contract.manifest import Manifest
     from pipeline.report.blind import BlindResult
+    from pipeline.report.config import ReportConfig
     from pipeline.report.learned import LearnedResult
-    from pipeline.report.report import ReportConfig
     from pipeline.report.tally import FamilyTally
 
 

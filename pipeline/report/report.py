@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.core.atomic import write_bytes_atomic
-from pipeline.core.errors import ConfigError, HardnegError
-from pipeline.report.blind import BlindCheck, BlindConfig
-from pipeline.report.learned import LearnedCheck, LearnedConfig
+from pipeline.core.errors import HardnegError
+from pipeline.report.blind import BlindCheck
+from pipeline.report.config import ReportConfig
+from pipeline.report.learned import LearnedCheck
 from pipeline.report.markdown import format_ci, render_markdown
 from pipeline.report.plots import PLOTS, write_plots
 from pipeline.report.tally import DatasetTally, ExampleSample, FamilyTally, RuleExample, RuleSample
@@ -50,27 +50,6 @@ BATCH_ROWS = 8192
 PROVENANCE_FIELDS = ("family", "rule", "text", "plausibility")
 
 __all__ = ["PLOTS", "REPORT_JSON", "REPORT_MD", "ReportConfig", "build_report", "format_ci"]
-
-
-@dataclass
-class ReportConfig:
-    """Settings of ``hardneg report``."""
-
-    #: seeded examples per family in report.md
-    examples: int = 5
-    #: negatives per family that the language model found most obvious, shown in report.md
-    obvious_examples: int = 3
-    #: seeded examples per rule of each family, in report.json and report.md (0: counts and shares only)
-    rule_examples: int = 3
-    blind: BlindConfig = field(default_factory=BlindConfig)
-    learned: LearnedConfig = field(default_factory=LearnedConfig)
-
-    def validate(self) -> None:
-        for key in ("examples", "obvious_examples", "rule_examples"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
-        self.blind.validate()
-        self.learned.validate()
 
 
 def build_report(dataset_dir: str | Path, out_dir: str | Path | None = None, cfg: ReportConfig | None = None) -> dict[str, Any]:
