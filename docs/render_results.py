@@ -48,7 +48,7 @@ BEFORE = "pretrain"
 #: keys of compare.json that are not runs (as in trainer/compare.py)
 NOT_RUNS = {"steps", "seed", "reference", "pairs", "gain", "train_seconds"}
 #: how the runs of dvc.yaml are named in prose
-RUN_LABELS = {"baseline": "plain CLIP", "ceclip": "CE-CLIP", "pretrain": "pretrained (before)",
+RUN_LABELS = {"baseline": "plain CLIP", "ceclip": "CE-CLIP", "fscclip": "FSC-CLIP", "pretrain": "pretrained (before)",
               "before": "pretrained (before)"}
 #: sections of report.json that are not per-family judges
 NOT_JUDGES = {"report_version", "dataset", "families", "skipped"}

@@ -25,15 +25,19 @@ BIN = Path(sys.executable).parent
 FAMILIES = ["relation_swap", "attribute_swap", "object_swap"]
 N_TRAIN, N_TEST, STEPS, EVERY = 40, 12, 6, 3
 ALPHAS = [0.0, 0.5, 1.0]
-STAGES = {"prepare", "parse", "negatives", "pretrain", "train_baseline", "train_ceclip", "evaluate", "wiseft", "report"}
+STAGES = {"prepare", "parse", "negatives", "pretrain_data", "pretrain", "train_baseline", "train_ceclip",
+          "train_fscclip", "evaluate", "wiseft", "report"}
+RUNS = ("baseline", "ceclip", "fscclip")
 
 
 
 def _miniature_params() -> dict:
     """The project's params.yaml with a tiny world and 6-step runs (same keys, so they are checked)."""
     p = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
-    p["synth"].update(n_train=N_TRAIN, n_test=N_TEST, collision_batch_size=16, recognition_per_class=2)
+    p["synth"].update(n_train=N_TRAIN, n_test=N_TEST, collision_batch_size=16)
+    p["synth_pretrain"].update(n_train=N_TRAIN, collision_batch_size=16, recognition_per_class=2)
     p["negatives"].update(workers=1)
+    p["pretrain_data"].update(workers=1)
     p["parse"].update(workers=1)
     for run in ("pretrain", "train"):
         p[run]["data"].update(batch_size=16, workers=0)
@@ -106,6 +110,11 @@ def test_world_and_negatives(repo: tuple[Path, str]) -> None:
     test_rows = pq.read_table(path / "data/negatives/test").to_pylist()
     assert len(test_rows) == 2 * N_TEST and {r["split"] for r in test_rows} == {"test"}
     assert (path / "data/manifests/synth-world.json").is_file()
+    # the pretraining world keeps out the fine-tuning world's test pairs; all its captions reach the shards
+    pre = json.loads((path / "data/world_pretrain/world.json").read_text(encoding="utf-8"))
+    assert pre["excluded_pairs"] == world["heldout_pairs"] and pre["splits"]["train"]["images"] == N_TRAIN
+    pre_manifest = json.loads((path / "data/pretrain_shards/manifest.json").read_text(encoding="utf-8"))
+    assert pre_manifest["rows"] == pre["splits"]["train"]["captions"]
     # the parse stage's store holds every caption, and the negatives came from it
     store = json.loads((path / "data/parsed/store.json").read_text(encoding="utf-8"))
     assert store["captions"] == 2 * (N_TRAIN + N_TEST)
@@ -119,7 +128,7 @@ def _test_pairs(path: Path) -> dict[str, int]:
 @pytest.mark.slow
 def test_runs_have_same_steps_curves_and_thresholds(repo: tuple[Path, str]) -> None:
     path, _ = repo
-    for run in ("baseline", "ceclip"):
+    for run in RUNS:
         d = path / "runs" / run
         results = json.loads((d / "train_results.json").read_text())
         assert results["steps"] == STEPS and results["last_checkpoint"] is None
@@ -128,14 +137,16 @@ def test_runs_have_same_steps_curves_and_thresholds(repo: tuple[Path, str]) -> N
         assert not (d / "checkpoints").exists()  # only the curve needed them
         # step 0 (initial weights), every 3 steps; the epoch-end checkpoint at step 5 is not a point
         assert [int(r["step"]) for r in _read_csv(d / "curve.csv")] == [0, EVERY, STEPS]
-    cfg = {r: json.loads((path / "runs" / r / "train_config.json").read_text()) for r in ("baseline", "ceclip")}
-    assert [cfg["baseline"]["loss"][k] for k in ("hard_negatives", "imc", "cmr")] == [False, False, False]
-    assert [cfg["ceclip"]["loss"][k] for k in ("hard_negatives", "imc", "cmr")] == [True, True, True]
-    # apart from the objective and the folder, the two runs are configured identically
+    cfg = {r: json.loads((path / "runs" / r / "train_config.json").read_text()) for r in RUNS}
+    switches = ("hard_negatives", "imc", "cmr", "global_hn", "local_hn")
+    assert [cfg["baseline"]["loss"][k] for k in switches] == [False, False, False, False, False]
+    assert [cfg["ceclip"]["loss"][k] for k in switches] == [True, True, True, False, False]
+    assert [cfg["fscclip"]["loss"][k] for k in switches] == [False, False, False, True, True]
+    # apart from the objective and the folder, the three runs are configured identically
     for c in cfg.values():
         c.pop("output_dir")
         c.pop("loss")
-    assert cfg["baseline"] == cfg["ceclip"]
+    assert cfg["baseline"] == cfg["ceclip"] == cfg["fscclip"]
     # the curriculum: CE-CLIP logs a threshold per family at every step, plain CLIP has none
     ce = _read_csv(path / "runs/ceclip/metrics.csv")
     base = _read_csv(path / "runs/baseline/metrics.csv")
@@ -151,35 +162,37 @@ def test_compare_metrics(repo: tuple[Path, str]) -> None:
     assert doc["steps"] == STEPS and doc["seed"] == 0 and doc["reference"] == "baseline"
     assert doc["pairs"] == _test_pairs(path)
     for f in FAMILIES:
-        for run in ("baseline", "ceclip"):
+        for run in RUNS:
             assert 0.0 <= doc[run][f] <= 1.0
-        assert doc["gain"][f] == pytest.approx(doc["ceclip"][f] - doc["baseline"][f], abs=1e-4)
+        for run in RUNS[1:]:
+            assert doc["gain"][run][f] == pytest.approx(doc[run][f] - doc["baseline"][f], abs=1e-4)
     # compare.json repeats hardneg eval's numbers; the curve's last point scores the same weights
     curves = _read_csv(path / "metrics/curves.csv")
     assert [int(r["step"]) for r in curves] == [0, EVERY, STEPS]
-    for run in ("baseline", "ceclip"):
+    for run in RUNS:
         ev = json.loads((path / f"metrics/eval_{run}.json").read_text(encoding="utf-8"))["shards"]["families"]
         bars = {r["family"]: float(r["accuracy"]) for r in _read_csv(path / f"metrics/accuracy_{run}.csv")}
         for f in FAMILIES:
             assert doc[run][f] == round(ev[f]["accuracy"], 4) == bars[f]
             assert float(curves[-1][f"{run}_{f}"]) == pytest.approx(ev[f]["accuracy"], abs=1.01 / ev[f]["pairs"])
-    # both runs start from the same seed, so the same initial weights: identical step-0 points
+    # the runs start from the same weights: identical step-0 points
     for f in FAMILIES:
-        assert curves[0][f"baseline_{f}"] == curves[0][f"ceclip_{f}"]
+        assert curves[0][f"baseline_{f}"] == curves[0][f"ceclip_{f}"] == curves[0][f"fscclip_{f}"]
 
 
 @pytest.mark.slow
 def test_recognition_and_the_wiseft_tradeoff(repo: tuple[Path, str]) -> None:
     path, _ = repo
-    world = json.loads((path / "data/world/world.json").read_text(encoding="utf-8"))
-    assert world["recognition"]["colour"]["images"] == 2 * 8 and world["recognition"]["shape"]["classes"] == 8
+    # recognition is named over the pretraining world's whole vocabulary: 11 colours, 12 shapes
+    world = json.loads((path / "data/world_pretrain/world.json").read_text(encoding="utf-8"))
+    assert world["recognition"]["colour"]["images"] == 2 * 11 and world["recognition"]["shape"]["classes"] == 12
     doc = json.loads((path / "metrics/tradeoff.json").read_text(encoding="utf-8"))
-    evals = {r: json.loads((path / f"metrics/eval_{r}.json").read_text()) for r in ("pretrain", "baseline", "ceclip")}
-    for r in ("pretrain", "baseline", "ceclip"):
+    evals = {r: json.loads((path / f"metrics/eval_{r}.json").read_text()) for r in ("pretrain", *RUNS)}
+    for r in ("pretrain", *RUNS):
         zs = evals[r]["zeroshot"]
-        assert set(zs) == {"colour", "shape"} and zs["colour"]["images"] == 16 and zs["shape"]["classes"] == 8
+        assert set(zs) == {"colour", "shape"} and zs["colour"]["images"] == 22 and zs["shape"]["classes"] == 12
     assert doc["before"]["zeroshot"] == {k: v["top1"] for k, v in evals["pretrain"]["zeroshot"].items()}
-    for run in ("baseline", "ceclip"):
+    for run in RUNS:
         points = doc["wiseft"][run]
         assert [p["alpha"] for p in points] == ALPHAS
         # alpha 0 is the pretrained model and alpha 1 the fine-tune, bit for bit: the same scores
@@ -213,7 +226,7 @@ def test_dvc_metrics_and_plots_read_the_outputs(repo: tuple[Path, str]) -> None:
     assert sorted(files) == ["metrics/compare.json", "metrics/tradeoff.json"]
     assert files["metrics/compare.json"]["data"] == json.loads((path / "metrics/compare.json").read_text())
     table = _dvc(path, "metrics", "show").stdout
-    assert "gain.relation_swap" in table and "ceclip.attribute_swap" in table
+    assert "gain.ceclip.relation_swap" in table and "fscclip.attribute_swap" in table
     plots = json.loads(_dvc(path, "plots", "show", "--json", "--split").stdout)["data"]
     for name in ("training_loss", "cmr_thresholds", "accuracy_per_family", "accuracy_vs_step_relation_swap",
                  "accuracy_vs_step_attribute_swap", "accuracy_vs_step_object_swap"):

@@ -61,17 +61,47 @@ RESNET = {
 }
 
 
-def test_the_local_loss_refuses_a_resnet_image_tower_naming_the_model(ds, tmp_path):
+def test_dense_forward_on_a_resnet_pools_as_the_model_and_gives_a_token_per_location(tmp_path):
     path = tmp_path / "hardneg-test-rn.json"
     path.write_text(json.dumps(RESNET))
+    torch.manual_seed(0)
+    built = build_model(ModelConfig(name="hardneg-test-rn", model_config=str(path), pretrained=None))
+    built.model.eval()
+    dense = DenseForward.wrap(built.model, "hardneg-test-rn")
+    images = torch.randn(3, 3, 64, 64)
+    text = built.tokenizer(["a red circle", "a blue square", "a star"])
+    with torch.no_grad():
+        image, text_f, _, patches, words = dense(images, text)
+        want_image, want_text, _ = built.model(images, text)[:3]
+    assert torch.allclose(image, want_image, atol=1e-6) and torch.equal(text_f, want_text)
+    # 64 px through a ResNet's stride 32: a 2 x 2 map, one token per location, in the joint space
+    assert tuple(patches.shape) == (3, 4, 32) and tuple(words.shape) == (3, 20, 32)
+
+
+def test_the_local_loss_refuses_an_attention_pooled_vit_naming_the_model(ds, tmp_path):
+    path = tmp_path / "hardneg-test-ap.json"
+    path.write_text(json.dumps({**RESNET, "vision_cfg": {"image_size": 64, "layers": 1, "width": 32,
+                                                         "head_width": 16, "patch_size": 16,
+                                                         "attentional_pool": True}}))
     cfg = tiny_run_cfg(ds, tmp_path / "run", workers=0, max_steps=2, loss=FSC,
-                       model={"name": "hardneg-test-rn", "model_config": str(path), "pretrained": None})
-    with pytest.raises(ConfigError, match=r"model 'hardneg-test-rn' has a ModifiedResNet image tower; the local "
-                                          r"hard-negative loss \(loss.local_hn\) needs patch embeddings"):
+                       model={"name": "hardneg-test-ap", "model_config": str(path), "pretrained": None})
+    with pytest.raises(ConfigError, match=r"model 'hardneg-test-ap' pools its ViT with .*attention pooling; the local "
+                                          r"hard-negative loss \(loss.local_hn\) supports class-token or average pooling"):
         train(cfg)
     # the global hard-negative loss alone works with any tower
     res = train({**cfg, "loss": {**FSC, "local_hn": False}})
     assert res["steps"] == 2
+
+
+def test_fsc_clip_trains_a_resnet(ds, tmp_path):
+    path = tmp_path / "hardneg-test-rn.json"
+    path.write_text(json.dumps(RESNET))
+    cfg = tiny_run_cfg(ds, tmp_path / "run", workers=0, max_steps=2, loss=FSC,
+                       model={"name": "hardneg-test-rn", "model_config": str(path), "pretrained": None})
+    res = train(cfg)
+    assert res["steps"] == 2
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    assert [float(r["local_hn"]) > 0 for r in rows] == [True, True]
 
 
 def test_ema_update_hand_values():

@@ -406,3 +406,88 @@ def test_relation_phrases_setting(tmp_path: Path) -> None:
             assert _holds(_mask_box(_pixels(row), subj[1]), rel, _mask_box(_pixels(row), obj[1])), row["caption"]
     with pytest.raises(ConfigError, match="relation_phrases"):
         load_config(overrides=["relation_phrases.above=[]"])
+
+
+# ---- the pretraining world: one-object scenes, "and" captions, shapes named alone, excluded pairs ----
+
+PRETRAIN = [
+    "n_train=60", "n_test=0", "third_object_prob=0", "heldout_fraction=0", "single_object_prob=0.5",
+    "colour_mention_prob=0.5", "single_object_scale=1.6", "templates=[and,one,there_is1,image_of1]",
+    "shapes=[circle,square,star,oval,ring,arrow,crescent]",
+    "colours=[red,yellow,green,blue,orange,purple,cyan]",
+]
+ONE = re.compile(r"(?:there is |an image of )?(?:a|an) (?:(small|large) )?(?:(\w+) )?(\w+)")
+AND = re.compile(rf"{NP} and {NP}")
+
+
+def test_pretraining_world_captions_are_true_of_their_pixels(tmp_path: Path) -> None:
+    cfg = load_config(preset="tiny", overrides=PRETRAIN)
+    generate_world(cfg, tmp_path)
+    seen = {"one_with_colour": 0, "one_shape_only": 0, "and": 0}
+    for row in _rows(tmp_path, "train"):
+        pix, objs = _pixels(row), row["objects"]
+        if len(objs) == 1:
+            o = objs[0]
+            m = ONE.fullmatch(row["caption"])
+            assert m and m.group(3) == o["shape"] and m.group(2) in (None, o["colour"]), row["caption"]
+            assert m.group(1) in (None, o["size"]) and row["template"] in ("one", "there_is1", "image_of1")
+            seen["one_with_colour" if m.group(2) else "one_shape_only"] += 1
+            x0, x1, y0, y1 = _mask_box(pix, o["colour"])
+            # drawn 1.6 times larger than in a two-object scene: 22 px (small) and 39 px (large) boxes at
+            # 64 px, which every shape fills to at least 70% along its longer side
+            side = max(x1 - x0, y1 - y0) + 1
+            assert (16 <= side <= 23) if o["size"] == "small" else (28 <= side <= 40), (row["caption"], side)
+            assert row["relations"] == [] and row["relation"] is None
+        else:
+            m = AND.fullmatch(row["caption"])
+            assert m and row["template"] == "and", row["caption"]
+            named = {(m.group(2), m.group(3)), (m.group(5), m.group(6))}
+            assert named == {(o["colour"], o["shape"]) for o in objs}, row["caption"]
+            seen["and"] += 1
+    assert all(seen.values()), seen
+
+
+def test_new_shapes_are_drawn_in_their_box(tmp_path: Path) -> None:
+    from pipeline.synth.world import render
+
+    cfg = SynthConfig()
+    for shape in ("oval", "ring", "arrow", "crescent"):
+        pix = np.asarray(Image.open(io.BytesIO(render(Scene((Obj(shape, "red", "large", 32, 32, 24),), ()), cfg))))
+        x0, x1, y0, y1 = _mask_box(pix, "red")
+        assert 20 <= x0 and x1 <= 43 and 20 <= y0 and y1 <= 43, shape
+        centre_is_red = tuple(pix[32, 32]) == PALETTE["red"]
+        assert centre_is_red == (shape in ("oval", "arrow")), shape  # the ring's hole, the crescent's hollow
+    # an oval is wider than tall
+    pix = np.asarray(Image.open(io.BytesIO(render(Scene((Obj("oval", "red", "large", 32, 32, 24),), ()), cfg))))
+    x0, x1, y0, y1 = _mask_box(pix, "red")
+    assert (x1 - x0 + 1, y1 - y0 + 1) == (24, 14)
+
+
+def test_excluded_pairs_never_appear(tmp_path: Path) -> None:
+    first = generate_world(load_config(preset="tiny", overrides=["third_object_prob=0"]), tmp_path / "a")
+    held = {tuple(p) for p in first["heldout_pairs"]}
+    assert held
+    cfg = load_config(preset="tiny", overrides=[*PRETRAIN[:-2], "n_train=80", f"exclude_pairs_from={tmp_path / 'a' / 'world.json'}"])
+    summary = generate_world(cfg, tmp_path / "b")
+    assert {tuple(p) for p in summary["excluded_pairs"]} == held
+    drawn = {(o["colour"], o["shape"]) for r in _rows(tmp_path / "b", "train") for o in r["objects"]}
+    assert drawn and not drawn & held
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["single_object_scale=3"], "single_object_scale must lie in"),
+        (["single_object_prob=0.5", "third_object_prob=0", "templates=[plain]"], "needs a one-object template"),
+        (["colour_mention_prob=1.5"], "colour_mention_prob must lie in"),
+    ],
+)
+def test_bad_pretraining_settings_are_clear_errors(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(preset="tiny", overrides=overrides)
+
+
+def test_a_missing_world_json_to_exclude_is_a_clear_error(tmp_path: Path) -> None:
+    cfg = load_config(preset="tiny", overrides=[f"exclude_pairs_from={tmp_path / 'nope.json'}"])
+    with pytest.raises(ConfigError, match=r"exclude_pairs_from: cannot read held-out pairs from .*nope\.json"):
+        generate_world(cfg, tmp_path / "w")

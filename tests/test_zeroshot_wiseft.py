@@ -149,6 +149,14 @@ def test_interpolate_returns_the_endpoints_exactly_and_refuses_mismatches():
         interpolate(base, {"w": tuned["w"]}, 0.5)
 
 
+def test_interpolate_batch_norm_statistics_and_counter():
+    base = {"bn.running_mean": torch.tensor([0.0, 2.0]), "bn.num_batches_tracked": torch.tensor(600)}
+    tuned = {"bn.running_mean": torch.tensor([1.0, 0.0]), "bn.num_batches_tracked": torch.tensor(1200)}
+    half = interpolate(base, tuned, 0.5)
+    assert torch.equal(half["bn.running_mean"], torch.tensor([0.5, 1.0]))
+    assert [interpolate(base, tuned, a)["bn.num_batches_tracked"].item() for a in (0.0, 0.5, 1.0)] == [600, 1200, 1200]
+
+
 def test_wise_ft_sweep_loads_with_plain_open_clip(tmp_path, one_thread):
     import open_clip
 

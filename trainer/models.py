@@ -129,10 +129,14 @@ def dense_support_error(model: Any, name: str) -> str | None:
     if type(model) is not open_clip.CLIP:
         return (f"model {name!r} is an open_clip {type(model).__name__}; the local hard-negative loss "
                 "(loss.local_hn) needs an open_clip CLIP with the built-in text tower")
+    from open_clip.modified_resnet import ModifiedResNet
+
     visual = model.visual
+    if isinstance(visual, ModifiedResNet):
+        return None
     if not isinstance(visual, VisionTransformer):
         return (f"model {name!r} has a {type(visual).__name__} image tower; the local hard-negative loss "
-                "(loss.local_hn) needs patch embeddings, i.e. a ViT image tower")
+                "(loss.local_hn) needs patch embeddings, i.e. a ViT or ModifiedResNet image tower")
     if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", None) not in ("tok", "avg"):
         return (f"model {name!r} pools its ViT with {getattr(visual, 'pool_type', '?')!r}/attention pooling; "
                 "the local hard-negative loss (loss.local_hn) supports class-token or average pooling")
@@ -148,7 +152,9 @@ class DenseForward:
     ``(image_features, text_features, logit_scale, patches (B, P, D), words (N, L, D))``: the first
     three as ``model(images, text)`` gives them (unit features, ``exp``-ed scale), the last two the
     projected patch embeddings (no class token) and the projected per-token text embeddings after
-    the final layer norm. The wrapper holds no parameters of its own.
+    the final layer norm. A ModifiedResNet's patches are its attention pool's outputs at every
+    location of the last feature map (the pool attends from all of them and keeps the first, the
+    mean token, as the image feature). The wrapper holds no parameters of its own.
     """
 
     @staticmethod
@@ -169,6 +175,22 @@ def _dense_module() -> Any:
             return x
         return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
 
+    def resnet_tokens(v: Any, images: Any) -> tuple[Any, Any]:
+        """A ModifiedResNet's pooled feature and its attention pool's output at every location."""
+        x = v.layer4(v.layer3(v.layer2(v.layer1(v.stem(images.to(v.conv1.weight.dtype))))))
+        ap = v.attnpool
+        x = x.reshape(x.shape[0], x.shape[1], -1).permute(2, 0, 1)
+        x = torch.cat([x.mean(dim=0, keepdim=True), x], dim=0) + ap.positional_embedding[:, None, :].to(x.dtype)
+        out, _ = F.multi_head_attention_forward(
+            query=x, key=x, value=x, embed_dim_to_check=x.shape[-1], num_heads=ap.num_heads,
+            q_proj_weight=ap.q_proj.weight, k_proj_weight=ap.k_proj.weight, v_proj_weight=ap.v_proj.weight,
+            in_proj_weight=None, in_proj_bias=torch.cat([ap.q_proj.bias, ap.k_proj.bias, ap.v_proj.bias]),
+            bias_k=None, bias_v=None, add_zero_attn=False, dropout_p=0.0,
+            out_proj_weight=ap.c_proj.weight, out_proj_bias=ap.c_proj.bias,
+            use_separate_proj_weight=True, training=ap.training, need_weights=False,
+        )
+        return out[0], out[1:].permute(1, 0, 2)
+
     class _Dense(torch.nn.Module):
         def __init__(self, model: Any) -> None:
             super().__init__()
@@ -177,10 +199,13 @@ def _dense_module() -> Any:
         def forward(self, images: Any, text: Any) -> tuple[Any, Any, Any, Any, Any]:
             m = self.model
             v = m.visual
-            x = v.transformer(v._embeds(images))
-            pooled, patches = v._pool(x)
-            image = project(pooled, v.proj)
-            patches = project(patches, v.proj)
+            if hasattr(v, "attnpool"):
+                image, patches = resnet_tokens(v, images)
+            else:
+                x = v.transformer(v._embeds(images))
+                pooled, patches = v._pool(x)
+                image = project(pooled, v.proj)
+                patches = project(patches, v.proj)
             cast = m.transformer.get_cast_dtype()
             t = m.token_embedding(text).to(cast) + m.positional_embedding.to(cast)
             t = m.ln_final(m.transformer(t, attn_mask=m.attn_mask))

@@ -1,8 +1,10 @@
 """WiSE-FT (Wortsman et al., 2022): weight-space ensembles of a base model and its fine-tune.
 
 ``theta(alpha) = (1 - alpha) * theta_base + alpha * theta_finetuned`` for every floating-point tensor;
-alpha 0 is the base and alpha 1 the fine-tune, bit for bit. Non-float buffers (token ids, position
-indices) must agree between the two and are copied. Each interpolated model is written the way
+alpha 0 is the base and alpha 1 the fine-tune, bit for bit. Batch-norm running statistics are float
+buffers and are interpolated like weights; a batch-norm layer's batch counter (``num_batches_tracked``,
+read only by layers without a momentum) is the base's at alpha 0 and the fine-tune's otherwise. Other
+non-float buffers (token ids, position indices) must agree between the two and are copied. Each interpolated model is written the way
 ``hardneg train`` writes its final weights (``trainer.models.save_weights``), so plain open_clip loads
 it: ``open_clip.create_model(name, pretrained=<dir>/open_clip_pytorch_model.bin)``.
 """
@@ -65,6 +67,9 @@ def interpolate(base: dict[str, Any], finetuned: dict[str, Any], alpha: float) -
         if b.shape != f.shape:
             raise ModelError(f"tensor {k!r} has shape {tuple(b.shape)} in the base, {tuple(f.shape)} fine-tuned")
         if not torch.is_floating_point(b):
+            if k.endswith("num_batches_tracked"):
+                out[k] = (b if alpha == 0.0 else f).clone()
+                continue
             if not torch.equal(b, f):
                 raise ModelError(f"non-float tensor {k!r} differs between base and fine-tune; cannot interpolate")
             out[k] = b.clone()

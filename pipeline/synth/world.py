@@ -236,6 +236,9 @@ class SynthConfig:
     #: chance that a one-object caption names the colour ("a red star"); otherwise the shape alone
     #: ("a star"), so telling such captions apart takes the shape
     colour_mention_prob: float = 1.0
+    #: one-object scenes and the recognition sets draw objects this many times their size's extent
+    #: (object-centric pictures, as in a classification corpus); at most 2.5
+    single_object_scale: float = 1.0
     #: a world.json whose held-out (colour, shape) pairs this world never draws, in either split:
     #: a pretraining world that keeps the fine-tuning world's test pairs unseen
     exclude_pairs_from: str | None = None
@@ -288,6 +291,8 @@ class SynthConfig:
             raise ConfigError(f"collision_batch_size must be >= 2, got {self.collision_batch_size}")
         if self.recognition_per_class < 0:
             raise ConfigError(f"recognition_per_class must be >= 0, got {self.recognition_per_class}")
+        if not 0.5 <= self.single_object_scale <= 2.5:
+            raise ConfigError(f"single_object_scale must lie in [0.5, 2.5], got {self.single_object_scale}")
         for name in ("single_object_prob", "colour_mention_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
@@ -389,6 +394,11 @@ def heldout_pairs(cfg: SynthConfig) -> list[tuple[str, str]]:
             chosen.append((c, s))
             shape_load[s] += 1
     return sorted(chosen)
+
+
+def single_extent(cfg: SynthConfig, size: str) -> int:
+    """Side in pixels of a one-object scene's object (and of a recognition image's)."""
+    return min(cfg.image_size - 4, max(5, round(SIZE_FRACTIONS[size] * cfg.single_object_scale * cfg.image_size)))
 
 
 def excluded_pairs(cfg: SynthConfig) -> set[tuple[str, str]]:
@@ -518,7 +528,7 @@ def sample_scene(
     pairs = _pick_pairs(rng, n, pool, rng.choice(forced) if forced else None, banned_cross)
     if n == 1:
         size = rng.choice(cfg.sizes)
-        e = max(5, round(SIZE_FRACTIONS[size] * cfg.image_size))
+        e = single_extent(cfg, size)
         margin = max(1, round(0.03 * cfg.image_size))
         lo, hi = margin + e // 2, cfg.image_size - margin - (e - e // 2)
         obj = Obj(shape=pairs[0][1], colour=pairs[0][0], size=size, x=rng.randint(lo, hi), y=rng.randint(lo, hi), extent=e)
@@ -948,7 +958,7 @@ def write_recognition_sets(cfg: SynthConfig, out: Path) -> dict[str, Any]:
                 colour = cls if task == "colour" else rng.choice(cfg.colours)
                 shape = cls if task == "shape" else rng.choice(cfg.shapes)
                 size = rng.choice(cfg.sizes)
-                e = max(5, round(SIZE_FRACTIONS[size] * cfg.image_size))
+                e = single_extent(cfg, size)
                 lo, hi = e // 2 + 1, cfg.image_size - (e - e // 2) - 1
                 obj = Obj(shape=shape, colour=colour, size=size, x=rng.randint(lo, hi), y=rng.randint(lo, hi), extent=e)
                 (tmp / task / cls / f"{i:04d}.png").write_bytes(render(Scene((obj,), ()), cfg))
