@@ -43,7 +43,7 @@ COMPARE_JSON = "metrics/compare.json"
 REPORT_JSON = "reports/negatives/report.json"
 COMPARE_MD = "reports/compare/report.md"
 TRADEOFF_JSON = "metrics/tradeoff.json"
-#: the evaluation of the model both fine-tunes start from (``metrics/eval_<name>.json``), when there is one
+#: the evaluation of the model the fine-tunes start from (``metrics/eval_<name>.json``), when there is one
 BEFORE = "pretrain"
 #: keys of compare.json that are not runs (as in trainer/compare.py)
 NOT_RUNS = {"steps", "seed", "reference", "pairs", "gain", "train_seconds"}
@@ -266,7 +266,8 @@ def block_world_results(root: Path) -> str:
     rows.append(["macro", "", *(_pct(doc[r].get("macro")) for r in runs),
                  *(_points(_gain(doc, r, "macro")) for r in runs[1:])])
     lines = [
-        f"Both runs: **{_int(doc.get('steps'))} steps**, seed {doc.get('seed', '–')}; pairwise accuracy on the "
+        f"{'Both runs' if len(runs) == 2 else 'Every run'}: **{_int(doc.get('steps'))} steps**, seed "
+        f"{doc.get('seed', '–')}; pairwise accuracy on the "
         "held-out test negatives (`metrics/compare.json`).",
         "",
         *_table(head, rows, "lr" + "r" * (len(head) - 2)),

@@ -86,8 +86,20 @@ def without_torch(cfg: ParseConfig) -> bool:
             continue
         if any(r.lower().replace("_", "-").startswith(_TORCH_PIPELINE_PACKAGES) for r in requires):
             return False
-    sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` raises ImportError
+    # a finder that refuses torch: `import torch` raises ImportError, and "torch" stays out of
+    # sys.modules (a None entry there breaks libraries that look torch up in sys.modules, e.g. nltk)
+    if not any(isinstance(f, _NoTorch) for f in sys.meta_path):
+        sys.meta_path.insert(0, _NoTorch())
     return True
+
+
+class _NoTorch:
+    """A meta path finder that refuses to import torch (see :func:`without_torch`)."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError(f"torch is kept out of this stage-1 process (importing {name!r})")
+        return None
 
 
 def load_nlp(cfg: ParseConfig) -> Any:

@@ -96,7 +96,7 @@ def markdown(doc: dict[str, Any]) -> str:
     """The report section: recognition before/after each fine-tune, and the WiSE-FT curve points."""
     L = ["## Compositionality against recognition\n",
          "Recognition = mean zero-shot top-1 over the recognition sets; compositional = held-out "
-         "macro pairwise accuracy. *Before* is the pretrained model both fine-tunes start from.\n"]
+         "macro pairwise accuracy. *Before* is the pretrained model the fine-tunes start from.\n"]
     runs = ({"before": doc["before"]} if doc.get("before") else {}) | doc["runs"]
     sets = sorted({s for p in runs.values() for s in p["zeroshot"]})
     L.append("| model | compositional (%) | recognition (%) | " + " | ".join(f"{s} top-1 (%)" for s in sets) + " |")

@@ -12,11 +12,18 @@ from pipeline.core.config import add_config_args, config_from_args
 log = logging.getLogger("hardneg")
 
 
-def generate_config_from_args(args: argparse.Namespace) -> GenerateConfig:
-    flags = {
+def source_flags(args: argparse.Namespace) -> dict:
+    """The source's command-line flags as dotted config keys (shared with ``hardneg parse``)."""
+    return {
         "source.path": args.input, "source.format": args.format, "source.split": args.split,
         "source.caption_column": args.caption_column, "source.image_column": args.image_column,
-        "source.limit": args.limit, "name": args.name, "out": args.out, "workers": args.workers,
+        "source.limit": args.limit,
+    }
+
+
+def generate_config_from_args(args: argparse.Namespace) -> GenerateConfig:
+    flags = {
+        **source_flags(args), "name": args.name, "out": args.out, "workers": args.workers,
         "k": args.k, "seed": args.seed, "families": args.families, "parse.model": args.model,
         "manifest_dir": args.manifest_dir, "engine": args.engine, "ray.address": args.ray_address,
         "ray.actors": args.actors, "source.exclude_images": args.exclude_images, "parsed": args.parsed,

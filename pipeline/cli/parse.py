@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from pipeline.cli.generate import source_flags
 from pipeline.config import ParseStoreConfig
 from pipeline.core.config import add_config_args, config_from_args
 
@@ -15,11 +16,7 @@ def _parse(args: argparse.Namespace) -> int:
     from pipeline.nlp import without_torch
     from pipeline.parse import build_store
 
-    flags = {
-        "source.path": args.input, "source.format": args.format, "source.split": args.split,
-        "source.caption_column": args.caption_column, "source.image_column": args.image_column,
-        "source.limit": args.limit, "out": args.out, "workers": args.workers, "parse.model": args.model,
-    }
+    flags = {**source_flags(args), "out": args.out, "workers": args.workers, "parse.model": args.model}
     cfg = config_from_args(ParseStoreConfig, args, flags)
     without_torch(cfg.parse)  # this process parses only: spaCy's import without torch's
     manifest = build_store(cfg)
