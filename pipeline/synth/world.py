@@ -1,9 +1,12 @@
 """The embedded compositional world: rendered scenes whose captions only word order and binding tell apart.
 
-COCO needs 13 GB of images and a GPU; this world runs the whole pipeline on a laptop CPU. Every image
-holds two (sometimes three) shapes of distinct colours in a clear spatial relation, so a caption and
-its relation or attribute swap differ only in order or binding, exactly what bag-of-words models miss.
-Some (colour, shape) pairs appear only in the test split, so the test measures composition, not memory.
+COCO needs 13 GB of images and a GPU; this world runs the whole pipeline on a laptop CPU. Every
+image of a fine-tuning world holds two (sometimes three) shapes of distinct colours in a clear
+spatial relation, so a caption and its relation or attribute swap differ only in order or binding,
+exactly what bag-of-words models miss. Some (colour, shape) pairs appear only in the test split, so
+the test measures composition, not memory. A pretraining world (``single_object_prob`` > 0, the
+``and`` template) also holds one-object images and names objects without relations, and can keep
+out another world's test pairs (``exclude_pairs_from``).
 
 Output (the same source format stage 1 reads): ``<out>/train.parquet`` and ``<out>/test.parquet``,
 one row per caption, the PNG embedded in the ``image`` struct (the Hugging Face Image convention),
