@@ -302,3 +302,23 @@ def test_bad_fsc_settings_name_the_key(key, value, match):
 
     with pytest.raises(ConfigError, match=match):
         LossConfig(**{key: value}).validate()
+
+
+def test_local_score_gradients_are_bit_reproducible_on_two_threads():
+    # many captions share an image, so the patches' gradient sums several terms per image: the sum
+    # must run in a fixed order, or a rerun of the same training drifts
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        g = torch.Generator().manual_seed(0)
+        patches0, words0 = torch.randn(64, 4, 32, generator=g), torch.randn(256, 20, 32, generator=g)
+        mask = torch.rand(256, 20, generator=g) > 0.3
+        owner = torch.cat([torch.arange(64), torch.randint(0, 64, (192,), generator=g)])
+        grads = []
+        for _ in range(4):
+            p = patches0.clone().requires_grad_(True)
+            local_scores(p, words0.clone().requires_grad_(True), mask, owner, torch.tensor(14.0)).sum().backward()
+            grads.append(p.grad)
+        assert all(torch.equal(grads[0], x) for x in grads[1:])
+    finally:
+        torch.set_num_threads(threads)

@@ -178,7 +178,9 @@ def local_scores(patches: Tensor, words: Tensor, word_mask: Tensor, owner: Tenso
     min-max-normalised similarity to the token (weights detached; uniform where all patches tie); the
     caption's score is the logsumexp over its real tokens of ``s * cos(token, its patch average)``.
     """
-    img = patches[owner]
+    # index_select, not patches[owner]: its backward (index_add_) sums in a fixed order on the CPU,
+    # where indexing's (an accumulating index_put_) does not, so a run is bit-reproducible
+    img = patches.index_select(0, owner)
     with torch.no_grad():
         sim = torch.einsum("mld,mpd->mlp", words, img)
         lo = sim.amin(dim=-1, keepdim=True)
